@@ -1,0 +1,1 @@
+"""Training: data, loops and the `python -m train` command."""
