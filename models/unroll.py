@@ -1,0 +1,31 @@
+"""The readable unroll: run one cell over time, one direction of one layer.
+
+Sequences arrive in PackedSequence's layout, which also covers plain (T, B, ·) tensors: the steps lie
+back to back in one 2-D tensor, step t holding `batch_sizes[t]` rows, longest sequences first. A plain
+batch is the special case batch_sizes = [B] * T. At step t only the first batch_sizes[t] sequences
+are still running; the others keep their state, which is how each sequence ends with its own final
+state (and, running backwards, starts from its own initial state).
+"""
+import torch
+
+
+def unroll(step, x_proj, batch_sizes, state, reverse=False):
+    """Apply `step(x_t, *state) -> new state` over time.
+
+    x_proj: (N, G·H) input projections of all steps, N = sum(batch_sizes).
+    state: tuple of initial states, each (B, ·), B = max(batch_sizes); the first one is the output.
+    Returns the outputs (N, ·) in the same layout and the tuple of final states.
+    """
+    offsets = [0]
+    for b in batch_sizes:
+        offsets.append(offsets[-1] + b)
+    outputs = [None] * len(batch_sizes)
+    steps = range(len(batch_sizes) - 1, -1, -1) if reverse else range(len(batch_sizes))
+    for t in steps:
+        b = batch_sizes[t]
+        new = step(x_proj[offsets[t] : offsets[t + 1]], *(s[:b] for s in state))
+        new = new if isinstance(new, tuple) else (new,)
+        # Sequences that have ended (or, backwards, not yet begun) keep their state.
+        state = tuple(n if b == s.shape[0] else torch.cat([n, s[b:]]) for n, s in zip(new, state))
+        outputs[t] = new[0]
+    return torch.cat(outputs), state
