@@ -26,7 +26,7 @@ def check_size(name, value, minimum=1):
 
 
 def shape_str(t):
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+    return str(tuple(t.shape))
 
 
 def check_floating(name, tensor, like):
@@ -50,5 +50,5 @@ def check_state(name, tensor, expected, like):
     check_floating(name, tensor, like)
     if tuple(tensor.shape) != tuple(expected):
         raise ShapeError(
-            f"{name} must have shape ({', '.join(map(str, expected))}), got {shape_str(tensor)}"
+            f"{name} must have shape {tuple(expected)}, got {shape_str(tensor)}"
         )

@@ -1,0 +1,76 @@
+"""Shared machinery for the equivalence tests: run ours and torch.nn on the same inputs, compare.
+
+Weights move through state_dict by name (strict), never by parameter order; everything is compared
+with torch.testing.assert_close: outputs, final states, and the gradients of the input, of the
+initial states and of every named parameter.
+"""
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+TIGHT = {"atol": 1e-10, "rtol": 1e-10}  # float64
+
+
+def impls():
+    """The layer implementations to test: every one that imports here."""
+    found = ["readable", "auto"]
+    try:
+        import models.fused  # noqa: F401
+        found.append("fused")
+    except ImportError:
+        pass
+    return found
+
+
+def leaves(out):
+    """Flatten (output, state) structures into a list of tensors (a PackedSequence gives its data)."""
+    if isinstance(out, PackedSequence):
+        return [out.data]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in leaves(o)]
+    return [out]
+
+
+def forward_and_grads(module, inputs, upstream_seed=0):
+    """Run module(*inputs); return its output tensors and the gradients of a fixed random loss
+    with respect to every floating input tensor that requires grad and every named parameter."""
+    outs = leaves(module(*inputs))
+    gen = torch.Generator().manual_seed(upstream_seed)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype).to(o.device)).sum() for o in outs)
+    in_tensors = [t for t in leaves([i for i in inputs if i is not None]) if t.requires_grad]
+    names, params = zip(*module.named_parameters())
+    grads = torch.autograd.grad(loss, in_tensors + list(params), allow_unused=True)
+    return outs, grads[: len(in_tensors)], dict(zip(names, grads[len(in_tensors):]))
+
+
+def assert_equivalent(ours, ref, inputs_ours, inputs_ref, **tol):
+    """ours and ref give the same outputs, states and gradients on the same inputs."""
+    tol = tol or {}
+    out_a, gin_a, gp_a = forward_and_grads(ours, inputs_ours)
+    out_b, gin_b, gp_b = forward_and_grads(ref, inputs_ref)
+    assert len(out_a) == len(out_b)
+    for a, b in zip(out_a, out_b):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, **tol)
+    for a, b in zip(gin_a, gin_b):
+        torch.testing.assert_close(a, b, **tol)
+    assert gp_a.keys() == gp_b.keys()
+    for name in gp_a:
+        torch.testing.assert_close(gp_a[name], gp_b[name], **tol, msg=lambda m: f"grad of {name}: {m}")
+
+
+def clone_inputs(inputs):
+    """Independent leaf copies, so ours and the reference each get their own gradients."""
+    def clone(t):
+        if t is None:
+            return None
+        if isinstance(t, PackedSequence):
+            return PackedSequence(clone(t.data), t.batch_sizes, t.sorted_indices, t.unsorted_indices)
+        if isinstance(t, (tuple, list)):
+            return type(t)(clone(x) for x in t)
+        return t.detach().clone().requires_grad_(t.requires_grad)
+    return [clone(i) for i in inputs]
