@@ -28,14 +28,10 @@ r ⊙ (W_hn h + b_hn), so the reset gate scales it and it cannot be folded into 
 References: K. Cho et al., "Learning phrase representations using RNN encoder-decoder for statistical
 machine translation", EMNLP 2014; https://pytorch.org/docs/stable/generated/torch.nn.GRUCell.html
 """
-import math
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ._checks import check_size
-from .rnn import check_cell_input, initial_state
+from ._base import CellBase
 
 
 def gru_step(x_proj, h, weight_hh, bias_hh, gates=None):
@@ -70,7 +66,7 @@ def gru_step_paper(x_proj, h, weight_hh, bias_hh, gates=None):
     return h
 
 
-class GRUCell(nn.Module):
+class GRUCell(CellBase):
     """GRU cell, a drop-in for `torch.nn.GRUCell(input_size, hidden_size, bias)`.
 
     forward(input, hx=None): input (B, I) or unbatched (I,); hx (B, H) or (H,), zeros when absent.
@@ -79,35 +75,15 @@ class GRUCell(nn.Module):
     """
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, reset_after=True):
-        super().__init__()
-        check_size("input_size", input_size)
-        check_size("hidden_size", hidden_size)
-        factory = {"device": device, "dtype": dtype}
-        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
         self.reset_after = reset_after
-        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **factory))  # (3H, I)
-        self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size, **factory))  # (3H, H)
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(3 * hidden_size, **factory))  # (3H,)
-            self.bias_hh = nn.Parameter(torch.empty(3 * hidden_size, **factory))  # (3H,)
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        """torch's initialisation: every parameter uniform in ±1/√H."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
 
     def extra_repr(self):
-        s = f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
-        return s + ("" if self.reset_after else ", reset_after=False")
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
 
     def forward(self, input, hx=None):
-        x, batched = check_cell_input(self, input)
-        h = initial_state(self, "hx", hx, x, self.hidden_size, batched)
+        x, batched = self.check_input(input)
+        h = self.initial_state("hx", hx, x, batched)
         step = gru_step if self.reset_after else gru_step_paper
         h = step(F.linear(x, self.weight_ih, self.bias_ih), h, self.weight_hh, self.bias_hh)
         return h if batched else h.squeeze(0)

@@ -26,14 +26,10 @@ References: S. Hochreiter and J. Schmidhuber, "Long short-term memory", Neural C
 F. Gers, J. Schmidhuber and F. Cummins, "Learning to forget" (2000), which added f;
 https://pytorch.org/docs/stable/generated/torch.nn.LSTMCell.html
 """
-import math
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ._checks import check_size
-from .rnn import check_cell_input, initial_state
+from ._base import CellBase
 
 
 def lstm_step(x_proj, h, c, weight_hh, bias_hh, weight_hr=None, gates=None):
@@ -58,7 +54,7 @@ def lstm_step(x_proj, h, c, weight_hh, bias_hh, weight_hr=None, gates=None):
     return h, c
 
 
-class LSTMCell(nn.Module):
+class LSTMCell(CellBase):
     """LSTM cell, a drop-in for `torch.nn.LSTMCell(input_size, hidden_size, bias)`.
 
     forward(input, hx=None): input (B, I) or unbatched (I,); hx = (h, c), each (B, H) or (H,),
@@ -66,37 +62,15 @@ class LSTMCell(nn.Module):
     """
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__()
-        check_size("input_size", input_size)
-        check_size("hidden_size", hidden_size)
-        factory = {"device": device, "dtype": dtype}
-        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **factory))  # (4H, I)
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size, **factory))  # (4H, H)
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory))  # (4H,)
-            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **factory))  # (4H,)
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        """torch's initialisation: every parameter uniform in ±1/√H."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
-
-    def extra_repr(self):
-        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype)
 
     def forward(self, input, hx=None):
-        x, batched = check_cell_input(self, input)
+        x, batched = self.check_input(input)
         if hx is None:
             hx = (None, None)
         elif not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of two tensors, got {type(hx).__name__}")
-        h = initial_state(self, "hx[0] (h)", hx[0], x, self.hidden_size, batched)
-        c = initial_state(self, "hx[1] (c)", hx[1], x, self.hidden_size, batched)
+        h = self.initial_state("hx[0] (h)", hx[0], x, batched)
+        c = self.initial_state("hx[1] (c)", hx[1], x, batched)
         h, c = lstm_step(F.linear(x, self.weight_ih, self.bias_ih), h, c, self.weight_hh, self.bias_hh)
         return (h, c) if batched else (h.squeeze(0), c.squeeze(0))

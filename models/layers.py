@@ -13,7 +13,6 @@ before the time loop; the loop does only the recurrent matmul and the gate math 
 (`models.unroll`); "fused" is the fast path of `models.fused`, proven equal to "readable" and to
 torch.nn by the tests; "auto" (the default) takes the fastest correct path for the device.
 """
-import math
 import numbers
 import warnings
 from functools import partial
@@ -24,6 +23,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from cells import gru_step, lstm_step, rnn_step
+from cells._base import init_uniform
 from cells._checks import ShapeError, check_floating, check_size, check_state, shape_str
 from cells.rnn import check_nonlinearity
 
@@ -113,9 +113,7 @@ class RNNBase(nn.Module):
 
     def reset_parameters(self):
         """torch's initialisation: every parameter uniform in ±1/√H."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
+        init_uniform(self, self.hidden_size)
 
     def flatten_parameters(self):
         """No-op, for code written against torch.nn (cuDNN wants one flat weight buffer; we don't)."""
