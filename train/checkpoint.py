@@ -1,0 +1,67 @@
+"""Checkpoints that survive a crash mid-write and load with `torch.load(weights_only=True)`.
+
+A checkpoint holds only tensors and plain containers of str/int/float/bool/None: the model's and the
+optimiser's state_dicts, the RNG states (the shuffling generator as it was at the start of the
+epoch in progress, and torch's global RNG that dropout draws from), where the run stands (epoch,
+step within the epoch, global step) and its history. That is all `--resume` needs to continue
+exactly as an uninterrupted run would; the learning rate is a pure function of the global step
+(`loop.learning_rate`), so there is no scheduler object to save.
+
+It is written to a temporary file in the same folder and renamed over the old one: a run killed
+while saving leaves the previous checkpoint intact, never half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import torch
+
+FORMAT = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save_atomic(state: dict[str, Any], path: pathlib.Path) -> None:
+    """torch.save `state` to `path` through a temporary file and an atomic rename."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows when both sit in one folder
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load(path: pathlib.Path) -> dict[str, Any]:
+    """A checkpoint written by `save_atomic`, on the CPU, loaded without unpickling any code."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint to resume from at {path.absolute()}: --resume continues a run in the "
+            f"same --out folder; start without --resume to train from scratch."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path.absolute()} is not a checkpoint written by this version of `train`.")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's global RNG states (CPU, and every CUDA device when there is one)."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
