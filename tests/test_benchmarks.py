@@ -1,0 +1,169 @@
+"""Tests of `python -m benchmarks`: a smoke run on a tiny shape, the parser's refusals, the check.
+
+Everything runs in-process through `benchmarks.run.main(argv)` with a tiny `--min-run-time`, so the
+file takes seconds. No test asserts a timing: the CI machine's speed says nothing about the code.
+The reference every implementation is checked against before it is timed is `torch.nn.RNN`,
+`torch.nn.LSTM` and `torch.nn.GRU`.
+"""
+
+import json
+import subprocess
+import sys
+import pathlib
+
+import pytest
+import torch
+
+from benchmarks import report, run
+from benchmarks.run import BenchmarkError, Shape, main, parse_shape
+
+TINY = ["--shapes", "2,3,4,5", "--min-run-time", "0.002", "--rounds", "1", "--threads", "1", "--quiet"]
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One run of all three cells and implementations on a tiny shape, with every output file."""
+    out = tmp_path_factory.mktemp("bench")
+    paths = {k: out / f"b.{k}" for k in ("json", "markdown", "plot")}
+    paths["plot"] = out / "b.png"
+    argv = ["--device", "cpu", "--cells", "rnn,lstm,gru", *TINY,
+            "--json", str(paths["json"]), "--markdown", str(paths["markdown"]), "--plot", str(paths["plot"])]
+    assert main(argv) == 0
+    return paths
+
+
+def test_json_rows_have_the_specified_keys_and_types(smoke):
+    rows = json.loads(smoke["json"].read_text())
+    assert isinstance(rows, list)
+    assert [(r["cell"], r["impl"]) for r in rows] == [
+        (c, i) for c in ("rnn", "lstm", "gru") for i in ("torch", "readable", "ours")]
+    for r in rows:
+        assert set(r) == set(run.ROW_KEYS)  # no peak_mem_bytes on a CPU
+        assert r["device"] == "cpu"
+        assert (r["batch"], r["seq_len"], r["input_size"], r["hidden_size"]) == (2, 3, 4, 5)
+        assert all(type(r[k]) is int for k in ("batch", "seq_len", "input_size", "hidden_size"))
+        for k in ("forward_ms", "train_ms", "forward_ratio", "train_ratio"):
+            assert isinstance(r[k], float) and r[k] > 0, (k, r)
+        if r["impl"] == "torch":
+            assert r["forward_ratio"] == r["train_ratio"] == 1.0
+        else:
+            torch_row = next(t for t in rows if t["cell"] == r["cell"] and t["impl"] == "torch")
+            assert r["train_ratio"] == pytest.approx(r["train_ms"] / torch_row["train_ms"])
+
+
+def test_markdown_names_the_command_and_every_cell(smoke):
+    text = smoke["markdown"].read_text()
+    assert "python -m benchmarks --device cpu --cells rnn,lstm,gru" in text
+    assert torch.__version__ in text
+    for cell in ("RNN", "LSTM", "GRU"):
+        assert f"## {cell}" in text
+    assert text.count("| 2, 3, 4, 5 |") == 9
+
+
+def test_plot_is_written(smoke):
+    pytest.importorskip("matplotlib")
+    assert smoke["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_it_is_skipped(smoke, tmp_path, monkeypatch, capsys):
+    rows = json.loads(smoke["json"].read_text())
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    assert report.plot(rows, str(tmp_path / "p.png")) is False
+    assert "skipped" in capsys.readouterr().out
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_subset_of_impls_without_torch_has_no_ratios(tmp_path):
+    path = tmp_path / "b.json"
+    assert main(["--cells", "gru", "--impls", "ours", *TINY, "--json", str(path)]) == 0
+    (row,) = json.loads(path.read_text())
+    assert row["impl"] == "ours" and row["forward_ratio"] is None and row["train_ratio"] is None
+
+
+def test_module_entry_point_runs(tmp_path):
+    """`python -m benchmarks` itself, as CI and the README call it."""
+    path = tmp_path / "b.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--cells", "rnn", *TINY, "--json", str(path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(path.read_text())) == 3
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("64,28,28,128", Shape(64, 28, 28, 128)),
+    ("1,1,1,1", Shape(1, 1, 1, 1)),
+])
+def test_parse_shape(text, expected):
+    assert parse_shape(text) == expected
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shapes", "64,28"], "four comma-separated"),
+    (["--shapes", "a,b,c,d"], "not an integer"),
+    (["--shapes", "64,0,28,128"], "seq_len=0"),
+    (["--shapes", "64,28,-1,128"], "input_size=-1"),
+    (["--cells", "lstm,tcn"], "'tcn'"),
+    (["--cells", ","], "comma-separated list"),
+    (["--impls", "cudnn"], "'cudnn'"),
+    (["--device", "tpu"], "invalid choice"),
+    (["--dtype", "float16"], "invalid choice"),
+    (["--min-run-time", "0"], "positive float"),
+    (["--threads", "two"], "positive int"),
+])
+def test_parser_refuses_bad_options_naming_them(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[0]}" in err and message in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--device", "cuda", *TINY])
+    assert e.value.code == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_wrong_implementation_is_caught_before_timing(monkeypatch, capsys):
+    """A layer that disagrees with torch.nn aborts the run naming the cell, impl and shape."""
+    make_layers = run.make_layers
+
+    def broken(cell, shape, impls, device, dtype):
+        layers = make_layers(cell, shape, impls, device, dtype)
+        with torch.no_grad():
+            layers["ours"].bias_hh_l0[0] += 1e-2  # one gate of one unit slightly off
+        return layers
+
+    monkeypatch.setattr(run, "make_layers", broken)
+    monkeypatch.setattr(run, "time_ms", lambda *a, **k: pytest.fail("timed a layer that failed its check"))
+    assert main(["--cells", "lstm", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "ours lstm differs from torch.nn.LSTM at B=2 T=3 I=4 H=5" in err
+
+
+def test_tolerances_grow_with_the_sequence():
+    short, long = run.tolerances(torch.float32, 10), run.tolerances(torch.float32, 784)
+    assert short == (1e-4, 1e-5)
+    assert long[0] > short[0] and long[1] > short[1]
+    with pytest.raises(KeyError):
+        run.tolerances(torch.float16, 10)
+
+
+@pytest.mark.parametrize("ms, text", [(0.01234, "0.012"), (1.234, "1.23"), (12.34, "12.3"), (1234.5, "1234")])
+def test_milliseconds_never_in_scientific_notation(ms, text):
+    assert report.fmt_ms(ms) == text
+
+
+def test_check_passes_on_float64():
+    """The check itself, on a torch.nn layer's copy: equal layers pass, at the tight float64 tolerance."""
+    shape, cpu = Shape(3, 4, 5, 6), torch.device("cpu")
+    layers = run.make_layers("gru", shape, ["torch", "readable"], cpu, torch.float64)
+    inputs = run.make_inputs("gru", shape, cpu, torch.float64)
+    run.check("gru", "readable", shape, layers["readable"], layers["torch"], inputs, cpu, torch.float64)
+    with torch.no_grad():
+        layers["readable"].weight_hh_l0[1, 2] += 1e-6
+    with pytest.raises(BenchmarkError, match="gradient of|output|final state"):
+        run.check("gru", "readable", shape, layers["readable"], layers["torch"], inputs, cpu, torch.float64)
