@@ -118,6 +118,7 @@ def plot(rows: List[dict], path: str, title: str = "") -> bool:
 
         matplotlib.use("Agg")  # files only: works without a display
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:
         print(f"--plot {path}: skipped, matplotlib is not installed (pip install matplotlib)")
         return False
@@ -132,6 +133,8 @@ def plot(rows: List[dict], path: str, title: str = "") -> bool:
     fig, axes = plt.subplots(2, len(cells), figsize=(1.2 + 1.3 * len(shapes) * len(cells), 6.5),
                              squeeze=False, sharey="row")
     width = 0.8 / len(impls)
+    values = [r[k] for r in ratios for k in ("forward_ratio", "train_ratio")] + [1.0]
+    limits = (min(values) / 1.6, max(values) * 1.8)  # room for the bar labels on a log scale
     for col, cell in enumerate(cells):
         for row, key in enumerate(("forward_ratio", "train_ratio")):
             ax = axes[row][col]
@@ -144,11 +147,14 @@ def plot(rows: List[dict], path: str, title: str = "") -> bool:
                 ax.bar_label(bars, labels=[f"{y:.2g}" for y in ys], fontsize=7)
             ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")  # torch.nn
             ax.set_yscale("log")
-            ax.set_xticks(range(len(shapes)), ["\n".join(map(str, s)) for s in shapes], fontsize=7)
+            ax.set_ylim(*limits)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_xticks(range(len(shapes)), [f"{b}×{t}\n{i}→{h}" for b, t, i, h in shapes], fontsize=7)
             ax.set_title(f"{cell.upper()} {key.split('_')[0]}", fontsize=10)
             if col == 0:
                 ax.set_ylabel(f"{key.split('_')[0]} time / torch.nn")
-    axes[-1][0].set_xlabel("B, T, I, H", fontsize=8)
+    fig.supxlabel("batch × steps, input size → hidden size", fontsize=8)
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(f"time over torch.nn (dashed line = 1, lower is faster){': ' + title if title else ''}",
                  fontsize=10)
