@@ -18,6 +18,7 @@ last good checkpoint in place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -445,13 +446,17 @@ def _run(config, dist: Dist, resume, stop_after_steps, command, log, wall_start)
                       "lr": learning_rate(config, global_step, total_steps),
                       "seconds": time.perf_counter() - epoch_start, **last_eval}
             history["epochs"].append(record)
-            log(_epoch_line(config, record))
+            if not config.quiet:
+                log(_epoch_line(config, record))
             epoch, step_in_epoch = epoch + 1, 0
             history["interval"] = interval.tolist()
             save_checkpoint(generator.get_state())
 
     if not last_eval:  # resumed a finished run: nothing left to train, score it again
         last_eval = evaluate(model, data, config, dist)
+    # DDP keeps the replicas equal by construction; checking costs one gather and catches a broken
+    # setup (a rank that skipped a step, a parameter outside DDP) that would otherwise pass silently.
+    digests = distributed.gather(parameter_digest(unwrap(model)), dist)
     train_seconds = time.perf_counter() - train_start
     metrics = {
         "task": config.task,
@@ -469,6 +474,7 @@ def _run(config, dist: Dist, resume, stop_after_steps, command, log, wall_start)
         "device_name": _device_name(device),
         "world_size": dist.world_size,
         "backend": dist.backend,
+        "ranks_in_sync": len(set(digests)) == 1,
         "torch_version": torch.__version__,
         "python": sys.version.split()[0],
         "command": command,
@@ -484,6 +490,15 @@ def _run(config, dist: Dist, resume, stop_after_steps, command, log, wall_start)
         write_json(metrics, out / "metrics.json")
         log(_final_line(config, metrics, out))
     return metrics
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """A fingerprint of every parameter's exact bytes."""
+    digest = hashlib.sha1()
+    for name, param in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _diverged(path, epoch, batch, step, what, value) -> TrainingError:

@@ -133,13 +133,13 @@ def plot_gates(plt, model, data, config: Config, path: pathlib.Path, index: int 
         axes[0].set_title(f"input (permuted), label {label}")
     else:
         axes[0].set_title(f"input digit, label {label}")
-    axes[0].imshow(image, cmap="gray_r")
+    axes[0].imshow(image.numpy(), cmap="gray_r")
     axes[0].set_xticks([])
     axes[0].set_yticks([])
     for ax, (key, title) in zip(axes[1:], panels):
-        values = trace[key].float().T  # (H, T)
+        values = trace[key].float().T.numpy()  # (H, T)
         signed = key in ("c", "h", "n", "g")  # tanh-range or unbounded; the gates lie in (0, 1)
-        limit = float(values.abs().max()) or 1.0
+        limit = float(abs(values).max()) or 1.0
         im = ax.imshow(values, aspect="auto", interpolation="nearest",
                        cmap="RdBu_r" if signed else "viridis",
                        vmin=-limit if signed else 0.0, vmax=limit if signed else 1.0)

@@ -1,0 +1,471 @@
+"""Tests of `python -m train`: the command end to end, its parser, its data errors, resuming, stopping
+cleanly, and training parity between our layers and torch.nn.
+
+Everything runs on small MNIST-shaped IDX files written into tmp_path (64 training and 32 test
+images whose class is a bright vertical bar at column 2 + 2·label, so a tiny LSTM learns them in a few steps),
+tiny hidden sizes and one or two epochs: the whole file takes seconds. The command is driven
+in-process through `train.cli.main(argv)`; one test starts a real `python -m train` subprocess, and
+one reads the real MNIST files when $MNIST_DIR points at them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from train import cli, loop
+from train.config import Config, resolve
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NAMES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic MNIST
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def bar_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n images whose label is where a bright vertical bar sits (column 2 + 2·label), over noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for k, label in enumerate(labels):
+        images[k, :, 2 + 2 * label] = 255
+    return images, labels
+
+
+def write_mnist(root: pathlib.Path, train: int = 64, test: int = 32) -> pathlib.Path:
+    """Synthetic MNIST in torchvision's layout under root; returns root (the --data-dir)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", train, 0), ("test", test, 1)):
+        images, labels = bar_digits(n, seed)
+        image_name, label_name = NAMES[split]
+        (raw / (image_name + ".gz")).write_bytes(gzip.compress(idx_bytes(images, 2051)))
+        (raw / (label_name + ".gz")).write_bytes(gzip.compress(idx_bytes(labels, 2049)))
+    return root
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    return write_mnist(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # The CI box has 2 shared cores; these models are tiny, one thread is fastest and fair to others.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_mnist(data_dir, out, *extra) -> list[str]:
+    return ["mnist", "--data-dir", str(data_dir), "--out", str(out), "--hidden", "8", "--epochs", "1",
+            "--batch-size", "16", "--device", "cpu", "--quiet", "--no-plots", "--no-download",
+            "--threads", "1", "--log-every", "2", *extra]
+
+
+def small_sine(out, *extra) -> list[str]:
+    return ["sine", "--out", str(out), "--hidden", "8", "--epochs", "1", "--train-size", "64",
+            "--test-size", "16", "--seq-len", "30", "--batch-size", "16", "--device", "cpu",
+            "--quiet", "--no-plots", *extra]
+
+
+def metrics_of(out) -> dict:
+    return json.loads((pathlib.Path(out) / "metrics.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_mnist_end_to_end(mnist_dir, tmp_path, cell):
+    out = tmp_path / "run"
+    assert cli.main(small_mnist(mnist_dir, out, "--cell", cell, "--epochs", "2")) == 0
+    m = metrics_of(out)
+    assert 0.0 <= m["test_accuracy"] <= 1.0
+    assert m["status"] == "completed" and m["device"] == "cpu" and m["world_size"] == 1
+    assert m["config"]["cell"] == cell and m["config"]["hidden"] == 8
+    assert len(m["epochs"]) == 2 and len(m["train_loss_per_epoch"]) == 2
+    assert m["logged_loss"] and all(np.isfinite(m["logged_loss"]))
+    assert m["wall_seconds"] > 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and "rnn.weight_ih_l0" in state["model"]
+
+
+def test_mnist_learns_and_plots(mnist_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    argv = small_mnist(mnist_dir, out, "--hidden", "16", "--epochs", "4", "--batch-size", "8", "--lr", "0.02")
+    argv.remove("--no-plots")
+    assert cli.main(argv) == 0
+    m = metrics_of(out)
+    assert m["test_accuracy"] > 0.5, m["epochs"]  # chance is 0.1; the bars are easy
+    assert m["epochs"][-1]["train_loss"] < m["epochs"][0]["train_loss"]
+    assert (out / "curves.png").stat().st_size > 0
+    assert (out / "gates.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("extra", [
+    ["--order", "pixels", "--train-limit", "16", "--test-limit", "8", "--hidden", "4"],
+    ["--order", "permuted", "--train-limit", "16", "--test-limit", "8", "--hidden", "4"],
+    ["--head", "all", "--bidirectional", "--layers", "2", "--dropout", "0.2"],
+    ["--preset", "lstm64", "--hidden", "8", "--epochs", "1", "--train-limit", "32"],
+    ["--impl", "torch", "--dtype", "float64", "--schedule", "cosine", "--optimizer", "sgd"],
+])
+def test_mnist_options(mnist_dir, tmp_path, extra):
+    out = tmp_path / "run"
+    assert cli.main(small_mnist(mnist_dir, out, *extra)) == 0
+    m = metrics_of(out)
+    assert 0.0 <= m["test_accuracy"] <= 1.0
+    if "--order" in extra:
+        assert m["config"]["order"] == extra[1]
+    if "--preset" in extra:
+        # the preset sets what was not given; what was given wins
+        assert m["config"]["lr"] == 1e-3 and m["config"]["batch_size"] == 16 and m["config"]["hidden"] == 8
+
+
+def test_sine_end_to_end(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    argv = small_sine(out, "--epochs", "2")
+    argv.remove("--no-plots")
+    assert cli.main(argv) == 0
+    m = metrics_of(out)
+    assert m["test_mse"] >= 0 and m["test_mse_all_steps"] >= 0
+    assert m["epochs"][-1]["train_loss"] < m["epochs"][0]["train_loss"]
+    assert (out / "predictions.png").stat().st_size > 0
+
+
+def test_sine_tbptt_preset(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(small_sine(out, "--preset", "sine-tbptt", "--chunk", "10", "--burn-in", "5")) == 0
+    m = metrics_of(out)
+    # 30 steps in chunks of 10, none wholly inside the 5-step burn-in: 3 optimiser steps per batch
+    assert m["global_steps"] == 3 * 64 // 16
+    assert m["config"]["hidden"] == 8 and m["config"]["chunk"] == 10
+
+
+def test_subprocess_smoke(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "train", *small_sine(out)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "test MSE" in result.stdout
+    assert metrics_of(out)["command"].startswith("python -m train sine")
+
+
+# ----------------------------------------------------------------------------------------------
+# The parser refuses bad values
+
+
+@pytest.mark.parametrize("argv", [
+    ["mnist", "--cell", "lstmm"],
+    ["mnist", "--impl", "keras"],
+    ["mnist", "--epochs", "0"],
+    ["mnist", "--epochs", "two"],
+    ["mnist", "--batch-size", "-4"],
+    ["mnist", "--lr", "0"],
+    ["mnist", "--lr", "nan"],
+    ["mnist", "--clip", "-1"],
+    ["mnist", "--dropout", "1.0"],
+    ["mnist", "--order", "columns"],
+    ["mnist", "--head", "first"],
+    ["mnist", "--device", "tpu"],
+    ["mnist", "--dtype", "float16"],
+    ["mnist", "--train-limit", "0"],
+    ["mnist", "--preset", "sine-tbptt"],
+    ["mnist", "--chunk", "10"],
+    ["sine", "--order", "rows"],
+    ["sine", "--chunk", "-1"],
+    ["fashion"],
+    [],
+])
+def test_parser_refuses(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["mnist", "--cell", "gru", "--forget-bias", "1"], "--forget-bias"),
+    (["sine", "--burn-in", "100"], "--burn-in"),
+    (["sine", "--chunk", "10", "--bidirectional"], "--bidirectional"),
+])
+def test_options_that_do_not_fit_together(argv, words, capsys):
+    assert cli.main(argv) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_cell_defaults_and_layering():
+    lstm = resolve("mnist", {})
+    assert (lstm.cell, lstm.hidden, lstm.forget_bias) == ("lstm", 128, 1.0)
+    assert resolve("mnist", {"cell": "gru"}).forget_bias is None
+    assert resolve("mnist", {"lr": 0.5}).lr == 0.5
+    preset = resolve("mnist", {"preset": "lstm128x2"})
+    assert (preset.layers, preset.hidden, preset.lr, preset.batch_size, preset.epochs) == (2, 128, 0.01, 100, 2)
+    assert resolve("sine", {}).burn_in > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Data errors: the reader's message, no traceback, a non-zero exit
+
+
+def _run_failing(argv, capsys) -> str:
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_missing_files(tmp_path, capsys):
+    err = _run_failing(small_mnist(tmp_path / "empty", tmp_path / "run"), capsys)
+    assert "train-images-idx3-ubyte" in err and "--data-dir" in err
+
+
+def test_truncated_file(mnist_dir, tmp_path, capsys):
+    path = mnist_dir / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    content = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(content[: len(content) - 100]))
+    err = _run_failing(small_mnist(mnist_dir, tmp_path / "run"), capsys)
+    assert "truncated" in err and str(path.absolute()) in err
+
+
+def test_corrupt_file(mnist_dir, tmp_path, capsys):
+    path = mnist_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(b"\x1f\x8b this is not gzip")
+    err = _run_failing(small_mnist(mnist_dir, tmp_path / "run"), capsys)
+    assert "corrupt" in err and "t10k-labels-idx1-ubyte" in err
+
+
+def test_swapped_files(mnist_dir, tmp_path, capsys):
+    raw = mnist_dir / "MNIST" / "raw"
+    images, labels = raw / "train-images-idx3-ubyte.gz", raw / "train-labels-idx1-ubyte.gz"
+    a, b = images.read_bytes(), labels.read_bytes()
+    images.write_bytes(b)
+    labels.write_bytes(a)
+    err = _run_failing(small_mnist(mnist_dir, tmp_path / "run"), capsys)
+    assert "magic" in err
+
+
+def test_data_error_in_subprocess_has_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "train", *small_mnist(tmp_path / "nothing", tmp_path / "run")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "not found" in result.stderr or "missing" in result.stderr
+
+
+def test_cuda_refused_without_cuda(mnist_dir, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    argv = small_mnist(mnist_dir, tmp_path / "run")
+    argv[argv.index("--device") + 1] = "cuda"
+    assert "CUDA" in _run_failing(argv, capsys)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume equals uninterrupted; Ctrl-C saves; a non-finite loss keeps the last good checkpoint
+
+
+def _params(out) -> dict:
+    return torch.load(pathlib.Path(out) / "checkpoint.pt", weights_only=True)["model"]
+
+
+def _same_run(a, b):
+    ma, mb = metrics_of(a), metrics_of(b)
+    for key in ("logged_steps", "logged_loss", "train_loss_per_epoch", "global_steps"):
+        assert ma[key] == mb[key], key
+    assert [e.get("test_accuracy", e.get("test_mse")) for e in ma["epochs"]] == \
+           [e.get("test_accuracy", e.get("test_mse")) for e in mb["epochs"]]
+    pa, pb = _params(a), _params(b)
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        assert torch.equal(pa[name], pb[name]), name
+
+
+@pytest.mark.parametrize("stop_after", [4, 6])  # 4 steps = the end of epoch 1; 6 = mid epoch 2
+def test_resume_equals_uninterrupted_mnist(mnist_dir, tmp_path, stop_after):
+    # Two layers with dropout: resuming must also restore the RNG that draws the dropout masks.
+    common = ["--epochs", "3", "--layers", "2", "--dropout", "0.3", "--log-every", "1"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli.main(small_mnist(mnist_dir, whole, *common)) == 0
+    assert cli.main(small_mnist(mnist_dir, parts, *common, "--stop-after-steps", str(stop_after))) == 130
+    assert torch.load(parts / "checkpoint.pt", weights_only=True)["global_step"] == stop_after
+    assert cli.main(small_mnist(mnist_dir, parts, *common, "--resume")) == 0
+    _same_run(whole, parts)
+
+
+def test_resume_equals_uninterrupted_sine_tbptt(tmp_path):
+    common = ["--chunk", "10", "--burn-in", "5", "--epochs", "2", "--log-every", "1"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli.main(small_sine(whole, *common)) == 0
+    # step 7 is a chunk in the middle of batch 3: the run stops after the batch, at step 9
+    assert cli.main(small_sine(parts, *common, "--stop-after-steps", "7")) == 130
+    assert torch.load(parts / "checkpoint.pt", weights_only=True)["global_step"] == 9
+    assert cli.main(small_sine(parts, *common, "--resume")) == 0
+    _same_run(whole, parts)
+
+
+def test_resume_refuses_a_changed_configuration(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(small_mnist(mnist_dir, out)) == 0
+    assert cli.main(small_mnist(mnist_dir, out, "--resume", "--lr", "0.5")) == 1
+    assert "--lr" in capsys.readouterr().err
+    # where and how it runs may change
+    assert cli.main(small_mnist(mnist_dir, out, "--resume", "--threads", "1")) == 0
+
+
+def test_resume_without_checkpoint(mnist_dir, tmp_path, capsys):
+    assert cli.main(small_mnist(mnist_dir, tmp_path / "none", "--resume")) == 1
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint(mnist_dir, tmp_path, monkeypatch, capsys):
+    real = loop.learning_rate
+
+    def ctrl_c_at_step_3(config, step, total):
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)  # what the terminal sends on Ctrl-C
+        return real(config, step, total)
+
+    monkeypatch.setattr(loop, "learning_rate", ctrl_c_at_step_3)
+    out = tmp_path / "run"
+    handler = signal.getsignal(signal.SIGINT)
+    assert cli.main(small_mnist(mnist_dir, out, "--epochs", "2")) == 130
+    assert "--resume" in capsys.readouterr().err
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    # all ranks agree on stopping in the next step's collective, so the run stops one step later
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 4, 4)
+    # the handler is gone again: a later Ctrl-C is not swallowed
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    real = loop.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        calls["n"] += 1
+        # calls 1-4: epoch 1's steps, 5: its evaluation, 6: the first step of epoch 2
+        return loss * float("nan") if calls["n"] == 6 else loss
+
+    monkeypatch.setattr(loop.F, "cross_entropy", poisoned)
+    assert cli.main(small_mnist(mnist_dir, out, "--epochs", "3")) == 1
+    err = capsys.readouterr().err
+    assert "nan" in err and "last good checkpoint" in err and "Traceback" not in err
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["step_in_epoch"] == 0
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
+    from train import checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save_atomic({"format": checkpoint.FORMAT, "x": torch.ones(2)}, path)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(OSError):
+        checkpoint.save_atomic({"format": checkpoint.FORMAT, "x": torch.zeros(2)}, path)
+    assert torch.equal(checkpoint.load(path)["x"], torch.ones(2))  # the old one, intact
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left behind
+
+
+# ----------------------------------------------------------------------------------------------
+# Training parity: ours and torch.nn, same seed and weights, float64, 50 steps
+
+
+def _losses(config: Config) -> list[float]:
+    metrics = loop.run(config, log=lambda *_: None)
+    return metrics["logged_loss"][:50]
+
+
+@pytest.mark.parametrize("cell, extra", [
+    ("lstm", {}),
+    ("gru", {}),
+    ("rnn", {}),
+    ("lstm", {"layers": 2, "bidirectional": True, "head": "all"}),
+])
+def test_training_parity_mnist(mnist_dir, tmp_path, cell, extra):
+    pytest.importorskip("models")
+    losses = {}
+    for impl in ("torch", "ours"):
+        config = resolve("mnist", dict(
+            cell=cell, impl=impl, hidden=6, epochs=4, batch_size=4, dtype="float64", data_dir=str(mnist_dir),
+            download=False, device="cpu", out=str(tmp_path / impl), quiet=True, plots=False, log_every=1,
+            **extra,
+        ))
+        losses[impl] = _losses(config)
+    assert len(losses["torch"]) == 50
+    torch.testing.assert_close(torch.tensor(losses["ours"]), torch.tensor(losses["torch"]), atol=1e-8, rtol=0)
+    assert losses["torch"][-1] < losses["torch"][0]
+
+
+def test_training_parity_sine_tbptt(tmp_path):
+    pytest.importorskip("models")
+    losses = {}
+    for impl in ("torch", "ours"):
+        config = resolve("sine", dict(
+            preset="sine-tbptt", impl=impl, hidden=6, epochs=5, batch_size=16, train_size=64, test_size=8,
+            seq_len=40, chunk=10, dtype="float64", device="cpu", out=str(tmp_path / impl), quiet=True,
+            plots=False, log_every=1,
+        ))
+        losses[impl] = _losses(config)
+    assert len(losses["torch"]) == 50
+    torch.testing.assert_close(torch.tensor(losses["ours"]), torch.tensor(losses["torch"]), atol=1e-8, rtol=0)
+
+
+def test_same_seed_same_start_for_ours_and_torch(tmp_path):
+    pytest.importorskip("models")
+    from train.models import build_model
+
+    base = dict(hidden=5, layers=2, bidirectional=True)
+    a = build_model(resolve("mnist", {**base, "impl": "torch"}), 28, 28).state_dict()
+    b = build_model(resolve("mnist", {**base, "impl": "ours"}), 28, 28).state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # forget bias 1.0 (the LSTM default) sits in b_if; b_hf is zero
+    assert torch.all(a["rnn.bias_ih_l1_reverse"][5:10] == 1.0) and torch.all(a["rnn.bias_hh_l0"][5:10] == 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The real MNIST files, when $MNIST_DIR points at them (CI: ../shared/data)
+
+
+@pytest.mark.skipif(not os.environ.get("MNIST_DIR"), reason="set MNIST_DIR to the folder holding MNIST/raw/")
+def test_real_mnist(tmp_path):
+    out = tmp_path / "run"
+    argv = ["mnist", "--data-dir", os.environ["MNIST_DIR"], "--out", str(out), "--train-limit", "3000",
+            "--test-limit", "500", "--epochs", "1", "--hidden", "32", "--batch-size", "64", "--lr", "0.01",
+            "--device", "cpu", "--quiet", "--no-plots", "--no-download", "--impl", "torch"]
+    assert cli.main(argv) == 0
+    assert metrics_of(out)["test_accuracy"] > 0.5
