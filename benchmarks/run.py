@@ -140,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-run-time", type=positive(float), default=1.0, metavar="SECONDS",
                         help="measuring time per implementation, shape and pass, split over the rounds "
                              "(default: 1.0)")
-    parser.add_argument("--rounds", type=positive(int), default=3, metavar="N",
+    parser.add_argument("--rounds", type=positive(int), default=5, metavar="N",
                         help="interleaved rounds per measurement; the median is over all of them "
-                             "(default: 3)")
+                             "(default: 5)")
     parser.add_argument("--threads", type=positive(int), default=None, metavar="N",
                         help=f"CPU threads for torch (default: torch's current, {torch.get_num_threads()} here)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights and inputs (default: 0)")
