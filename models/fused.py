@@ -1,0 +1,433 @@
+"""The fast path: one direction of one layer, with the backward through time derived by hand.
+
+`fused_direction` has the signature of `models.layers.readable_direction` and computes the same thing
+(the tests prove it equal to the readable path and to torch.nn, to 1e-10 in float64). What it saves:
+
+- **autograd's bookkeeping.** The readable path records every pointwise op of every step in the
+  autograd graph and replays it backwards. Here each cell is one `torch.autograd.Function`
+  (`LSTMFunction`, `GRUFunction`, `RNNFunction`) whose forward runs with autograd off and saves only
+  what its backward needs: the gate activations, the states and the recurrent matmul's inputs.
+- **per-step weight gradients.** The backward walks the sequence in reverse with one recurrent matmul
+  per step (dh_prev = dz W_hh); the weight and bias gradients are one matmul / one sum over all steps
+  after the loop: dW_hh = dZᵀ H_prev, db_hh = Σ_rows dZ. The gradient of x_proj is dZ itself, so the
+  layer's `F.linear(x, weight_ih, bias_ih)` turns it into the input, weight_ih and bias_ih
+  gradients with one matmul each.
+- **allocations and Python in the hot loop.** Every buffer is allocated once per call; the loop reads
+  per-step views made by one `split(batch_sizes)` per buffer, and writes with in-place ops and
+  `out=`. Factors of the backward that depend only on saved activations (σ'(z) = σ(1 − σ),
+  tanh'(z) = 1 − tanh², …) are computed for all steps at once before the backward loop.
+
+The sequence layout is PackedSequence's (see `models/unroll.py`): step t holds `batch_sizes[t]` rows,
+non-increasing, and only those rows are updated at step t. A state buffer of the full batch is
+updated in its first b rows, which gives both directions their semantics for free: running forwards
+the rows of sequences that ended keep their final state, running backwards the rows of sequences not
+yet begun keep h0; the backward loop updates the state gradients' first b rows the same way.
+
+Double backward (a gradient of these gradients, e.g. a gradient penalty) is not supported: the
+backward is a hand-written loop, not an autograd graph. The Functions are `once_differentiable`, so
+differentiating their gradients raises torch's RuntimeError "trying to differentiate twice a function
+that was marked with @once_differentiable"; use `impl="readable"` for that.
+
+On CUDA the same loop runs with torch ops; `models.triton_kernels`, when triton imports, replaces each
+step's gate math by one Triton kernel to cut the per-step launch count.
+"""
+import torch
+from torch.autograd.function import once_differentiable
+
+
+def fused_supported(device):
+    """Whether impl="auto" should take this path on `device`: where it is tested and the fastest."""
+    return torch.device(device).type in ("cpu", "cuda")
+
+
+def fused_direction(mode, x_proj, batch_sizes, state, weight_hh, bias_hh, weight_hr, reverse, nonlinearity):
+    """One direction of one layer through the hand-derived Functions; returns (out (N, P), final states).
+
+    Same arguments and results as `models.layers.readable_direction`.
+    """
+    batch_sizes = tuple(int(b) for b in batch_sizes)
+    if mode == "LSTM":
+        out, h, c = LSTMFunction.apply(x_proj, state[0], state[1], weight_hh, bias_hh, weight_hr,
+                                       batch_sizes, bool(reverse))
+        return out, (h, c)
+    if mode == "GRU":
+        out, h = GRUFunction.apply(x_proj, state[0], weight_hh, bias_hh, batch_sizes, bool(reverse))
+        return out, (h,)
+    if mode == "RNN":
+        out, h = RNNFunction.apply(x_proj, state[0], weight_hh, bias_hh, batch_sizes, bool(reverse),
+                                   nonlinearity)
+        return out, (h,)
+    raise ValueError(f"mode must be 'RNN', 'LSTM' or 'GRU', got {mode!r}")
+
+
+# -- the packed layout ------------------------------------------------------------------------------
+
+
+class _Layout:
+    """Where every step's rows lie, and in which order the steps run.
+
+    A history buffer holds the initial state and each step's new state back to back, so each step's
+    output is a view of it and the previous state is (almost always) a view too:
+        forwards   [h0 | step 0 | step 1 | ... | step T-1]    (B + N, ·)
+        backwards  [step 0 | step 1 | ... | step T-1 | h0]    (N + B, ·)
+    Running forwards, step t's previous state is the first b_t rows of step t-1 (b_t ≤ b_{t-1}).
+    Running backwards it is step t+1's rows followed, when b_t > b_{t+1}, by the h0 rows of the
+    sequences that start at step t; only then is a copy (torch.cat) needed.
+    """
+
+    def __init__(self, batch_sizes, reverse):
+        self.sizes = list(batch_sizes)  # b_t, non-increasing
+        self.T, self.B, self.N = len(self.sizes), self.sizes[0], sum(self.sizes)
+        self.reverse = reverse
+        self.uniform = all(b == self.B for b in self.sizes)
+        self.order = range(self.T - 1, -1, -1) if reverse else range(self.T)
+        self.back_order = range(self.T) if reverse else range(self.T - 1, -1, -1)
+
+    def split(self, t):
+        """Per-step views of a (N, ·) tensor in the packed layout."""
+        return t.split(self.sizes)
+
+    def history(self, init, like):
+        """(buffer (N + B, ·), output (N, ·) view, per-step output views, per-step previous states).
+
+        The previous states are filled in by `previous` during the forward loop.
+        """
+        N, B = self.N, self.B
+        buf = like.new_empty(N + B, init.shape[1])  # (N + B, ·)
+        if self.reverse:
+            buf[N:].copy_(init)
+            pieces = buf.split(self.sizes + [B])
+            return buf, buf[:N], pieces[:-1], pieces[-1]
+        buf[:B].copy_(init)
+        pieces = buf.split([B] + self.sizes)
+        return buf, buf[B:], pieces[1:], pieces[0]
+
+    def previous(self, t, outs, init):
+        """Step t's previous state (b_t, ·): a view when it can be, else a cat with h0's rows."""
+        b = self.sizes[t]
+        if self.reverse:
+            if t == self.T - 1:
+                return init if b == self.B else init[:b]
+            before = outs[t + 1]
+            b_before = before.shape[0]
+            return before if b_before == b else torch.cat((before, init[b_before:b]))
+        before = init if t == 0 else outs[t - 1]
+        return before if before.shape[0] == b else before[:b]
+
+    def stacked_previous(self, buf, prevs):
+        """All steps' previous states in the packed layout (N, ·), for dW = dZᵀ H_prev."""
+        if self.uniform:
+            return buf[self.B:] if self.reverse else buf[: self.N]
+        return torch.cat(prevs)
+
+    def final(self, outs, init):
+        """The final state (B, ·): each sequence's state after its last step (or h0's row, never)."""
+        if self.reverse or self.uniform:
+            return (outs[0] if self.reverse else outs[-1]).clone()
+        # Forwards, the sequences that end at step t are rows b_{t+1}..b_t of step t's output.
+        sizes = self.sizes + [0]
+        pieces = [outs[t][sizes[t + 1]:] for t in range(self.T - 1, -1, -1) if sizes[t + 1] < sizes[t]]
+        return torch.cat(pieces)
+
+    def heads(self, state):
+        """Views state[:b] of a (B, ·) state(-gradient) buffer for each step (in step order)."""
+        views = {b: state if b == self.B else state[:b] for b in set(self.sizes)}
+        return [views[b] for b in self.sizes]
+
+
+def _grad_buffer(grad, shape, like):
+    """A writable, contiguous copy of an incoming gradient (zeros where autograd gave none)."""
+    if grad is None:
+        return like.new_zeros(shape)
+    return grad.clone(memory_format=torch.contiguous_format)
+
+
+# -- LSTM -------------------------------------------------------------------------------------------
+
+
+class LSTMFunction(torch.autograd.Function):
+    """One LSTM direction, forward and hand-derived backward through time (optionally projected).
+
+    apply(x_proj (N, 4H), h0 (B, P), c0 (B, H), weight_hh (4H, P), bias_hh (4H,) or None,
+          weight_hr (P, H) or None, batch_sizes, reverse) -> (out (N, P), h_n (B, P), c_n (B, H))
+
+    Forward, one step in the code's names (`cells/lstm.py` has the same equations), with b_hh added
+    to x_proj once for all steps because it is a constant shift of every step's z:
+
+        z  = x_proj + b_hh + h_prev W_hhᵀ             (b, 4H) = [z_i | z_f | z_g | z_o]
+        i  = σ(z_i)   f = σ(z_f)   g = tanh(z_g)   o = σ(z_o)
+        c  = f ⊙ c_prev + i ⊙ g
+        m  = o ⊙ tanh(c)
+        h  = m        or, with a projection,   h = m W_hrᵀ   (b, P)
+
+    Saved for the backward: the activations i, f, g, o (one (N, 4H) buffer, overwritten in place from
+    z), every c and tanh(c), every h (which gives h_prev), and m when projected.
+
+    Backward. Write dX for ∂L/∂X. At step t, h receives two gradients: the output's, d_out[t], and the
+    one step t+1 sends back through its recurrent matmul; their sum is dh. c receives dc from step
+    t+1 (through c_{t+1} = f_{t+1} ⊙ c + …, so it arrives already multiplied by f_{t+1}). Then:
+
+        dm      = dh                  (with projection: dm = dh W_hr, and dW_hr += dhᵀ m)
+        dc     += dm ⊙ o ⊙ (1 − tanh(c)²)     m = o ⊙ tanh(c) and tanh' = 1 − tanh²
+        do      = dm ⊙ tanh(c)
+        di      = dc ⊙ g        dg = dc ⊙ i        df = dc ⊙ c_prev
+        dc_prev = dc ⊙ f                              what step t−1 receives as its dc
+
+    Through the activations, σ'(z) = σ(z)(1 − σ(z)) and tanh'(z) = 1 − tanh(z)², both written in the
+    saved activations, so no pre-activation needs saving:
+
+        dz_i = di ⊙ i(1 − i)     dz_f = df ⊙ f(1 − f)     dz_g = dg ⊙ (1 − g²)     dz_o = do ⊙ o(1 − o)
+        dh_prev = dz W_hh                              (b, P): the one matmul per step
+
+    and dz is also d x_proj. After the loop, over all steps at once: dW_hh = dZᵀ H_prev (4H, P),
+    db_hh = Σ dZ, dW_hr = DHᵀ M (P, H). Rows of a step that are inactive (packed sequences) keep their
+    dh and dc, mirroring the forward, so the initial states' gradients come out of the same buffers.
+
+    The factors that do not depend on dh or dc — o(1 − tanh²c), tanh(c) o(1 − o), g i(1 − i),
+    c_prev f(1 − f), i(1 − g²) — are computed for all steps before the loop, which leaves five ops a
+    step: dh += d_out[t]; dc += dm ⊙ K_c; dz_ifg = dc ⊗ K_ifg; dz_o = dm ⊙ K_o; dc ⊙= f; dh = dz W_hh.
+    """
+
+    @staticmethod
+    def forward(ctx, x_proj, h0, c0, weight_hh, bias_hh, weight_hr, batch_sizes, reverse):
+        lay = _Layout(batch_sizes, reverse)
+        H = c0.shape[1]
+        acts = x_proj + bias_hh if bias_hh is not None else x_proj.clone()  # (N, 4H): z, then i|f|g|o
+        h_buf, out, outs, h_init = lay.history(h0, x_proj)  # (N + B, P)
+        c_buf, _, c_outs, c_init = lay.history(c0, x_proj)  # (N + B, H)
+        tanh_c = x_proj.new_empty(lay.N, H)  # (N, H)
+        m_buf = x_proj.new_empty(lay.N, H) if weight_hr is not None else None  # (N, H): o ⊙ tanh(c)
+        w_hh_t, w_hr_t = weight_hh.t(), (weight_hr.t() if weight_hr is not None else None)
+
+        steps = zip(lay.split(acts), lay.split(acts[:, : 2 * H]), lay.split(acts[:, 2 * H : 3 * H]),
+                    lay.split(acts[:, 3 * H :]), lay.split(tanh_c),
+                    lay.split(m_buf) if m_buf is not None else outs)
+        steps = list(steps)
+        h_prevs, c_prevs = [None] * lay.T, [None] * lay.T
+        for t in lay.order:
+            z, if_, g, o, tc, m = steps[t]
+            h_prev = h_prevs[t] = lay.previous(t, outs, h_init)
+            c_prev = c_prevs[t] = lay.previous(t, c_outs, c_init)
+            z.addmm_(h_prev, w_hh_t)  # (b, 4H)
+            if_.sigmoid_()
+            g.tanh_()
+            o.sigmoid_()
+            i, f = if_.chunk(2, 1)
+            c = torch.mul(f, c_prev, out=c_outs[t])
+            c.addcmul_(i, g)
+            torch.tanh(c, out=tc)
+            torch.mul(o, tc, out=m)
+            if w_hr_t is not None:
+                torch.mm(m, w_hr_t, out=outs[t])  # (b, P)
+
+        ctx.lay = lay
+        ctx.save_for_backward(acts, lay.stacked_previous(h_buf, h_prevs), lay.stacked_previous(c_buf, c_prevs),
+                              tanh_c, m_buf, weight_hh, weight_hr)
+        return out, lay.final(outs, h_init), lay.final(c_outs, c_init)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hn, d_cn):
+        acts, h_prev, c_prev, tanh_c, m_buf, weight_hh, weight_hr = ctx.saved_tensors
+        lay = ctx.lay
+        N, H, P = lay.N, tanh_c.shape[1], h_prev.shape[1]
+        i, f, g, o = acts.chunk(4, 1)  # each (N, H)
+
+        # Everything that depends only on saved activations, for all steps at once.
+        k_c = o * (1 - tanh_c * tanh_c)  # (N, H): ∂m/∂c
+        k_o = tanh_c * o * (1 - o)  # (N, H): ∂m/∂z_o
+        k_ifg = acts.new_empty(N, 3, H)  # (N, 3, H): ∂c/∂z_i, ∂c/∂z_f, ∂c/∂z_g
+        torch.mul(g, i * (1 - i), out=k_ifg[:, 0])
+        torch.mul(c_prev, f * (1 - f), out=k_ifg[:, 1])
+        torch.mul(i, 1 - g * g, out=k_ifg[:, 2])
+
+        d_z = acts.new_empty(N, 4 * H)  # (N, 4H): d z = d x_proj
+        dh = _grad_buffer(d_hn, (lay.B, P), acts)  # (B, P): running ∂L/∂h
+        dc = _grad_buffer(d_cn, (lay.B, H), acts)  # (B, H): running ∂L/∂c
+        d_out = d_out.contiguous() if d_out is not None else acts.new_zeros(N, P)
+        projected = weight_hr is not None
+        dh_total = acts.new_empty(N, P) if projected else None  # (N, P): dh of every step, for dW_hr
+        dm_scratch = acts.new_empty(lay.B, H) if projected else None  # (B, H)
+
+        steps = list(zip(lay.split(d_out), lay.split(d_z), lay.split(d_z[:, : 3 * H].view(N, 3, H)),
+                         lay.split(d_z[:, 3 * H :]), lay.split(k_c), lay.split(k_o), lay.split(k_ifg),
+                         lay.split(f), lay.heads(dh), lay.heads(dc),
+                         lay.split(dh_total) if projected else [None] * lay.T,
+                         lay.heads(dm_scratch) if projected else [None] * lay.T))
+        for t in lay.back_order:
+            d_out_t, dz, dz_ifg, dz_o, kc, ko, kifg, f_t, dh_t, dc_t, dht, dm = steps[t]
+            if projected:
+                torch.add(dh_t, d_out_t, out=dht)
+                torch.mm(dht, weight_hr, out=dm)  # (b, H)
+            else:
+                dm = dh_t.add_(d_out_t)  # (b, H)
+            dc_t.addcmul_(dm, kc)
+            torch.mul(dc_t.unsqueeze(1), kifg, out=dz_ifg)  # (b, 3, H)
+            torch.mul(dm, ko, out=dz_o)
+            dc_t.mul_(f_t)
+            torch.mm(dz, weight_hh, out=dh_t)  # (b, P)
+
+        need = ctx.needs_input_grad
+        d_w_hh = torch.mm(d_z.t(), h_prev) if need[3] else None  # (4H, P)
+        d_b_hh = d_z.sum(0) if need[4] else None  # (4H,)
+        d_w_hr = torch.mm(dh_total.t(), m_buf) if projected and need[5] else None  # (P, H)
+        return d_z, dh, dc, d_w_hh, d_b_hh, d_w_hr, None, None
+
+
+# -- GRU --------------------------------------------------------------------------------------------
+
+
+class GRUFunction(torch.autograd.Function):
+    """One GRU direction (torch's GRU), forward and hand-derived backward through time.
+
+    apply(x_proj (N, 3H), h0 (B, H), weight_hh (3H, H), bias_hh (3H,) or None, batch_sizes, reverse)
+        -> (out (N, H), h_n (B, H))
+
+    Forward, one step in the code's names (`cells/gru.py`); x_proj = [x_r | x_z | x_n] and the
+    recurrent matmul hh = [hh_r | hh_z | hh_n] keeps the whole b_hh, because b_hn sits inside
+    r ⊙ (W_hn h + b_hn) and cannot be folded into x_proj:
+
+        hh = h_prev W_hhᵀ + b_hh                      (b, 3H)
+        r  = σ(x_r + hh_r)     z = σ(x_z + hh_z)
+        n  = tanh(x_n + r ⊙ hh_n)
+        h  = (1 − z) ⊙ n + z ⊙ h_prev  = n + z ⊙ (h_prev − n)   (torch.lerp)
+
+    Saved: r, z, n, hh (for hh_n) and every h (which gives h_prev).
+
+    Backward, with dh the sum of the output's gradient and what step t+1 sends back:
+
+        dn      = dh ⊙ (1 − z)            dz = dh ⊙ (h_prev − n)          d h_prev (direct) = dh ⊙ z
+        dn_pre  = dn ⊙ (1 − n²)                                          n = tanh(n_pre)
+        dr      = dn_pre ⊙ hh_n           d hh_n = dn_pre ⊙ r
+        dr_pre  = dr ⊙ r(1 − r)           dz_pre = dz ⊙ z(1 − z)          σ' = σ(1 − σ)
+
+        d x_proj = [dr_pre | dz_pre | dn_pre]       d hh = [dr_pre | dz_pre | dn_pre ⊙ r]
+        dh_prev  = dh ⊙ z + d hh W_hh               (b, H): the one matmul per step
+
+    and after the loop dW_hh = d HHᵀ H_prev (3H, H), db_hh = Σ d HH. Every factor multiplying dh is
+    computed for all steps before the loop — k_n = (1 − z)(1 − n²), then
+    k = [k_n hh_n r(1 − r) | (h_prev − n) z(1 − z) | k_n r] — so a step is: dh += d_out[t];
+    d hh = dh ⊗ k; dn_pre = dh ⊙ k_n; dh ⊙= z; dh += d hh W_hh.
+    """
+
+    @staticmethod
+    def forward(ctx, x_proj, h0, weight_hh, bias_hh, batch_sizes, reverse):
+        lay = _Layout(batch_sizes, reverse)
+        H = h0.shape[1]
+        h_buf, out, outs, h_init = lay.history(h0, x_proj)  # (N + B, H)
+        hh = x_proj.new_empty(lay.N, 3 * H)  # (N, 3H): h_prev W_hhᵀ + b_hh
+        rz = x_proj.new_empty(lay.N, 2 * H)  # (N, 2H): r | z
+        n_buf = x_proj.new_empty(lay.N, H)  # (N, H)
+        w_hh_t = weight_hh.t()
+        steps = list(zip(lay.split(x_proj[:, : 2 * H]), lay.split(x_proj[:, 2 * H :]), lay.split(hh),
+                         lay.split(hh[:, : 2 * H]), lay.split(hh[:, 2 * H :]), lay.split(rz),
+                         lay.split(rz[:, :H]), lay.split(rz[:, H:]), lay.split(n_buf)))
+        h_prevs = [None] * lay.T
+        for t in lay.order:
+            x_rz, x_n, hh_t, hh_rz, hh_n, rz_t, r, z, n = steps[t]
+            h_prev = h_prevs[t] = lay.previous(t, outs, h_init)
+            if bias_hh is not None:
+                torch.addmm(bias_hh, h_prev, w_hh_t, out=hh_t)  # (b, 3H)
+            else:
+                torch.mm(h_prev, w_hh_t, out=hh_t)
+            torch.add(x_rz, hh_rz, out=rz_t).sigmoid_()
+            torch.mul(r, hh_n, out=n).add_(x_n).tanh_()
+            torch.lerp(n, h_prev, z, out=outs[t])  # n + z ⊙ (h_prev − n)
+
+        ctx.lay = lay
+        ctx.save_for_backward(rz, n_buf, hh, lay.stacked_previous(h_buf, h_prevs), weight_hh)
+        return out, lay.final(outs, h_init)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hn):
+        rz, n, hh, h_prev, weight_hh = ctx.saved_tensors
+        lay = ctx.lay
+        N, H = lay.N, n.shape[1]
+        r, z = rz.chunk(2, 1)  # each (N, H)
+        hh_n = hh[:, 2 * H :]
+
+        k_n = (1 - z) * (1 - n * n)  # (N, H): ∂h/∂n_pre
+        k = rz.new_empty(N, 3, H)  # (N, 3, H): ∂h/∂hh_r, ∂h/∂hh_z, ∂h/∂hh_n
+        torch.mul(k_n * hh_n, r * (1 - r), out=k[:, 0])
+        torch.mul(h_prev - n, z * (1 - z), out=k[:, 1])
+        torch.mul(k_n, r, out=k[:, 2])
+
+        d_hh = rz.new_empty(N, 3 * H)  # (N, 3H)
+        d_xn = rz.new_empty(N, H)  # (N, H): dn_pre
+        dh = _grad_buffer(d_hn, (lay.B, H), rz)  # (B, H)
+        d_out = d_out.contiguous() if d_out is not None else rz.new_zeros(N, H)
+        steps = list(zip(lay.split(d_out), lay.split(d_hh), lay.split(d_hh.view(N, 3, H)), lay.split(d_xn),
+                         lay.split(k), lay.split(k_n), lay.split(z), lay.heads(dh)))
+        for t in lay.back_order:
+            d_out_t, dhh, dhh3, dxn, k_t, kn, z_t, dh_t = steps[t]
+            dh_t.add_(d_out_t)
+            torch.mul(dh_t.unsqueeze(1), k_t, out=dhh3)  # (b, 3, H)
+            torch.mul(dh_t, kn, out=dxn)
+            dh_t.mul_(z_t).addmm_(dhh, weight_hh)  # (b, H)
+
+        need = ctx.needs_input_grad
+        d_x = torch.cat((d_hh[:, : 2 * H], d_xn), 1) if need[0] else None  # (N, 3H)
+        d_w_hh = torch.mm(d_hh.t(), h_prev) if need[2] else None  # (3H, H)
+        d_b_hh = d_hh.sum(0) if need[3] else None  # (3H,)
+        return d_x, dh, d_w_hh, d_b_hh, None, None
+
+
+# -- RNN --------------------------------------------------------------------------------------------
+
+
+class RNNFunction(torch.autograd.Function):
+    """One Elman RNN direction, forward and hand-derived backward through time.
+
+    apply(x_proj (N, H), h0 (B, H), weight_hh (H, H), bias_hh (H,) or None, batch_sizes, reverse,
+          nonlinearity) -> (out (N, H), h_n (B, H))
+
+    Forward (`cells/rnn.py`), b_hh folded into x_proj once:   h = φ(x_proj + b_hh + h_prev W_hhᵀ).
+    Saved: every h, which is also φ's derivative: tanh' = 1 − h², relu' = [h > 0] (torch's choice at
+    0, where relu is not differentiable).
+
+    Backward, with dh the output's gradient plus what step t+1 sends back:
+        dz = dh ⊙ φ'          dh_prev = dz W_hh  (b, H)          d x_proj = dz
+    and after the loop dW_hh = dZᵀ H_prev, db_hh = Σ dZ.
+    """
+
+    @staticmethod
+    def forward(ctx, x_proj, h0, weight_hh, bias_hh, batch_sizes, reverse, nonlinearity):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        lay = _Layout(batch_sizes, reverse)
+        x_b = x_proj + bias_hh if bias_hh is not None else x_proj  # (N, H), read only
+        h_buf, out, outs, h_init = lay.history(h0, x_proj)  # (N + B, H)
+        w_hh_t = weight_hh.t()
+        xs = lay.split(x_b)
+        tanh = nonlinearity == "tanh"
+        h_prevs = [None] * lay.T
+        for t in lay.order:
+            h_prev = h_prevs[t] = lay.previous(t, outs, h_init)
+            h = torch.addmm(xs[t], h_prev, w_hh_t, out=outs[t])  # (b, H)
+            h.tanh_() if tanh else h.relu_()
+
+        ctx.lay, ctx.tanh = lay, tanh
+        ctx.save_for_backward(out, lay.stacked_previous(h_buf, h_prevs), weight_hh)
+        return out, lay.final(outs, h_init)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hn):
+        out, h_prev, weight_hh = ctx.saved_tensors
+        lay = ctx.lay
+        N, H = lay.N, out.shape[1]
+        slope = 1 - out * out if ctx.tanh else (out > 0).to(out.dtype)  # (N, H): φ'
+        d_z = out.new_empty(N, H)  # (N, H)
+        dh = _grad_buffer(d_hn, (lay.B, H), out)  # (B, H)
+        d_out = d_out.contiguous() if d_out is not None else out.new_zeros(N, H)
+        steps = list(zip(lay.split(d_out), lay.split(d_z), lay.split(slope), lay.heads(dh)))
+        for t in lay.back_order:
+            d_out_t, dz, s, dh_t = steps[t]
+            torch.mul(dh_t.add_(d_out_t), s, out=dz)
+            torch.mm(dz, weight_hh, out=dh_t)  # (b, H)
+
+        need = ctx.needs_input_grad
+        d_w_hh = torch.mm(d_z.t(), h_prev) if need[2] else None  # (H, H)
+        d_b_hh = d_z.sum(0) if need[3] else None  # (H,)
+        return d_z, dh, d_w_hh, d_b_hh, None, None, None

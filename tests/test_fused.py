@@ -1,0 +1,277 @@
+"""The fast path (`models.fused`) against torch.nn, against the readable path, and by gradcheck.
+
+Weights move from torch.nn.RNN / LSTM / GRU through state_dict (strict, by name); outputs, final
+states and the gradients of the input, of the initial states and of every named parameter are
+compared in float64 at 1e-10 with torch.testing.assert_close.
+"""
+import itertools
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import models
+from models import fused
+from models.layers import readable_direction, select_direction
+
+TIGHT = {"atol": 1e-10, "rtol": 1e-10}
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+KINDS = {  # name: (ours, torch.nn's, extra constructor arguments)
+    "rnn_tanh": (models.RNN, nn.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (models.RNN, nn.RNN, {"nonlinearity": "relu"}),
+    "lstm": (models.LSTM, nn.LSTM, {}),
+    "gru": (models.GRU, nn.GRU, {}),
+}
+
+
+def make_pair(kind, input_size, hidden_size, impl="fused", seed=0, dtype=torch.float64, device="cpu", **options):
+    ours_cls, ref_cls, extra = KINDS[kind]
+    torch.manual_seed(seed)
+    ref = ref_cls(input_size, hidden_size, dtype=dtype, device=device, **extra, **options)
+    ours = ours_cls(input_size, hidden_size, dtype=dtype, device=device, impl=impl, **extra, **options)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ours, ref
+
+
+def make_inputs(kind, module, steps, batch, lengths=None, with_state=True, seed=1):
+    """(input, hx): a (T, B, I) tensor or a PackedSequence of unsorted lengths; hx random or None."""
+    gen = torch.Generator().manual_seed(seed)
+    opts = {"dtype": module.weight_ih_l0.dtype}
+    device = module.weight_ih_l0.device
+    new = lambda *shape: torch.randn(*shape, generator=gen, **opts).to(device).requires_grad_()  # noqa: E731
+    x = new(steps, batch, module.input_size)  # (T, B, I)
+    if lengths is not None:
+        x = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
+    if not with_state:
+        return x, None
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    h0 = new(layers, batch, module.proj_size or module.hidden_size)  # (L·D, B, P)
+    return x, ((h0, new(layers, batch, module.hidden_size)) if kind == "lstm" else h0)
+
+
+def tensors(tree):
+    if isinstance(tree, PackedSequence):
+        return [tree.data]
+    if isinstance(tree, (tuple, list)):
+        return [t for item in tree for t in tensors(item)]
+    return [] if tree is None else [tree]
+
+
+def run(module, x, hx):
+    """Outputs and final states, then the gradients of a fixed random loss w.r.t. x, hx and parameters."""
+    outs = tensors(module(x, hx))
+    gen = torch.Generator().manual_seed(2)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype).to(o.device)).sum() for o in outs)
+    names, params = zip(*module.named_parameters())
+    wrt = tensors(x) + tensors(hx)
+    grads = torch.autograd.grad(loss, wrt + list(params))
+    # The input's gradient is taken w.r.t. the padded tensor, so it does not depend on the packing.
+    return outs, grads[: len(wrt)], dict(zip(names, grads[len(wrt):]))
+
+
+def clone(tree):
+    if tree is None:
+        return None
+    if isinstance(tree, PackedSequence):
+        return PackedSequence(clone(tree.data), tree.batch_sizes, tree.sorted_indices, tree.unsorted_indices)
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(clone(t) for t in tree)
+    return tree.detach().clone().requires_grad_(tree.requires_grad)
+
+
+def assert_same(ours, ref, x, hx, **tol):
+    out_a, gin_a, gp_a = run(ours, x, hx)
+    out_b, gin_b, gp_b = run(ref, clone(x), clone(hx))
+    assert len(out_a) == len(out_b)
+    for a, b in zip(out_a, out_b):
+        torch.testing.assert_close(a, b, **tol)
+    for a, b in zip(gin_a, gin_b):
+        torch.testing.assert_close(a, b, **tol)
+    assert gp_a.keys() == gp_b.keys()
+    for name in gp_a:
+        torch.testing.assert_close(gp_a[name], gp_b[name], **tol, msg=lambda m: f"grad of {name}: {m}")
+
+
+# -- against torch.nn ------------------------------------------------------------------------------
+
+OPTIONS = [  # (num_layers, bidirectional, proj_size, packed lengths or None, initial state given)
+    (1, False, 0, None, True),
+    (1, False, 0, None, False),
+    (2, True, 0, None, True),
+    (1, True, 0, [3, 5, 1, 5], True),
+    (2, False, 0, [2, 5, 4, 1], False),
+    (2, True, 0, [5, 1, 3, 2], True),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("num_layers,bidirectional,proj_size,lengths,with_state", OPTIONS)
+def test_fused_equals_torch(kind, num_layers, bidirectional, proj_size, lengths, with_state, device):
+    ours, ref = make_pair(kind, 3, 4, num_layers=num_layers, bidirectional=bidirectional, device=device)
+    assert_same(ours, ref, *make_inputs(kind, ours, 5, 4, lengths, with_state), **TIGHT)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bidirectional,lengths,with_state", [
+    (False, None, True), (True, None, False), (True, [4, 1, 3], True), (False, [2, 4, 4], False)])
+def test_fused_lstm_projection_equals_torch(bidirectional, lengths, with_state, device):
+    ours, ref = make_pair("lstm", 3, 5, num_layers=2, bidirectional=bidirectional, proj_size=2, device=device)
+    assert_same(ours, ref, *make_inputs("lstm", ours, 4, 3, lengths, with_state), **TIGHT)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("steps,batch,hidden", [(1, 1, 1), (1, 3, 2), (4, 1, 1), (3, 2, 1)])
+def test_fused_edge_sizes(kind, steps, batch, hidden):
+    """Hidden size 1, one step, batch 1: the views and splits degenerate, the results must not."""
+    ours, ref = make_pair(kind, 2, hidden, bidirectional=True)
+    assert_same(ours, ref, *make_inputs(kind, ours, steps, batch), **TIGHT)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_batch_first_unbatched_and_no_bias(kind):
+    ours, ref = make_pair(kind, 3, 4, batch_first=True, bias=False, num_layers=2)
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)  # (B, T, I)
+    assert_same(ours, ref, x, None, **TIGHT)
+    assert_same(ours, ref, torch.randn(5, 3, dtype=torch.float64, requires_grad=True), None, **TIGHT)
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(sorted(KINDS)), input_size=st.integers(1, 4), hidden_size=st.integers(1, 5),
+       steps=st.integers(1, 5), batch=st.integers(1, 4), num_layers=st.integers(1, 2),
+       bidirectional=st.booleans(), proj=st.booleans(), packed=st.booleans(), with_state=st.booleans(),
+       data=st.data())
+def test_fused_equals_torch_drawn(kind, input_size, hidden_size, steps, batch, num_layers, bidirectional,
+                                  proj, packed, with_state, data):
+    proj_size = data.draw(st.integers(1, hidden_size - 1)) if kind == "lstm" and proj and hidden_size > 1 else 0
+    lengths = data.draw(st.lists(st.integers(1, steps), min_size=batch, max_size=batch)) if packed else None
+    extra = {"proj_size": proj_size} if proj_size else {}  # torch.nn.GRU refuses even proj_size=0
+    ours, ref = make_pair(kind, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+                          seed=data.draw(st.integers(0, 2**16)), **extra)
+    if lengths is not None:
+        lengths[0] = steps  # pack_padded_sequence needs the padded length to be used
+    assert_same(ours, ref, *make_inputs(kind, ours, steps, batch, lengths, with_state), **TIGHT)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_float32_at_torch_defaults(kind):
+    ours, ref = make_pair(kind, 16, 32, dtype=torch.float32, num_layers=2, bidirectional=True)
+    assert_same(ours, ref, *make_inputs(kind, ours, 7, 5, [7, 3, 6, 1, 7]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_default_impl_is_fused_on_cpu_and_readable_stays_selectable(kind):
+    assert select_direction("auto", torch.device("cpu")) is fused.fused_direction
+    assert select_direction("readable", torch.device("cpu")) is readable_direction
+    assert fused.fused_supported("cpu") and not fused.fused_supported("meta")
+    ours, ref = make_pair(kind, 3, 4, impl="auto", bidirectional=True)
+    assert_same(ours, ref, *make_inputs(kind, ours, 4, 3, [4, 2, 3]), **TIGHT)
+
+
+# -- against the readable path, one direction at a time ----------------------------------------------
+
+
+def direction_inputs(mode, batch_sizes, input_hidden=(4, 3), proj=0, bias=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    H = input_hidden[1]
+    P = proj or H
+    G = {"RNN": 1, "LSTM": 4, "GRU": 3}[mode]
+    new = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_()  # noqa: E731
+    B, N = batch_sizes[0], sum(batch_sizes)
+    state = (new(B, P), new(B, H)) if mode == "LSTM" else (new(B, H),)
+    return (new(N, G * H), state, new(G * H, P), new(G * H) if bias else None,
+            new(P, H) if proj else None)
+
+
+@pytest.mark.parametrize("mode,nonlinearity,proj", [
+    ("RNN", "tanh", 0), ("RNN", "relu", 0), ("LSTM", "tanh", 0), ("LSTM", "tanh", 2), ("GRU", "tanh", 0)])
+@pytest.mark.parametrize("batch_sizes", [[3, 3, 3], [4, 3, 3, 1], [2], [3, 1, 1]])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_direction_equals_readable(mode, nonlinearity, proj, batch_sizes, reverse):
+    """The same Function outputs and gradients as autograd through the cells' readable steps."""
+    x_proj, state, w_hh, b_hh, w_hr = direction_inputs(mode, batch_sizes, proj=proj)
+    results = []
+    for direction in (fused.fused_direction, readable_direction):
+        out, final = direction(mode, x_proj, batch_sizes, state, w_hh, b_hh, w_hr, reverse, nonlinearity)
+        gen = torch.Generator().manual_seed(3)
+        loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in (out, *final))
+        wrt = [x_proj, *state, w_hh, b_hh] + ([w_hr] if w_hr is not None else [])
+        results.append([out, *final, *torch.autograd.grad(loss, wrt)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
+# -- gradcheck of each Function ----------------------------------------------------------------------
+
+GRADCHECK_CASES = list(itertools.product([[3, 3], [3, 2, 1]], [False, True]))
+
+
+@pytest.mark.parametrize("batch_sizes,reverse", GRADCHECK_CASES)
+@pytest.mark.parametrize("proj,bias", [(0, True), (2, True), (0, False)])
+def test_gradcheck_lstm_function(batch_sizes, reverse, proj, bias):
+    x_proj, (h0, c0), w_hh, b_hh, w_hr = direction_inputs("LSTM", batch_sizes, (4, 3), proj, bias)
+    fn = lambda *a: fused.LSTMFunction.apply(*a, tuple(batch_sizes), reverse)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x_proj, h0, c0, w_hh, b_hh, w_hr))
+
+
+@pytest.mark.parametrize("batch_sizes,reverse", GRADCHECK_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradcheck_gru_function(batch_sizes, reverse, bias):
+    x_proj, (h0,), w_hh, b_hh, _ = direction_inputs("GRU", batch_sizes, bias=bias)
+    fn = lambda *a: fused.GRUFunction.apply(*a, tuple(batch_sizes), reverse)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x_proj, h0, w_hh, b_hh))
+
+
+@pytest.mark.parametrize("batch_sizes,reverse", GRADCHECK_CASES)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_gradcheck_rnn_function(batch_sizes, reverse, nonlinearity):
+    x_proj, (h0,), w_hh, b_hh, _ = direction_inputs("RNN", batch_sizes)
+    fn = lambda *a: fused.RNNFunction.apply(*a, tuple(batch_sizes), reverse, nonlinearity)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x_proj, h0, w_hh, b_hh))
+
+
+# -- what the fast path does not do, and says so -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_double_backward_raises_a_clear_error(kind):
+    ours, _ = make_pair(kind, 3, 4)
+    x = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(ours(x)[0].pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
+def test_frozen_weights_and_states_without_grad():
+    """needs_input_grad: only the gradients asked for are computed, and they are still right."""
+    ours, ref = make_pair("lstm", 3, 4, bidirectional=True)
+    for module in (ours, ref):
+        module.weight_hh_l0.requires_grad_(False)
+        module.bias_hh_l0_reverse.requires_grad_(False)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    grads = [torch.autograd.grad(m(x)[0].sum(), [x, m.weight_ih_l0, m.weight_hh_l0_reverse]) for m in (ours, ref)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_unknown_mode_is_reported():
+    with pytest.raises(ValueError, match="mode"):
+        fused.fused_direction("LSTN", None, [1], (None,), None, None, None, False, "tanh")
+
+
+# -- the Triton kernels, on the CPU through triton's interpreter ---------------------------------------
+
+
+def triton_interpreter_available():
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return os.environ.get("TRITON_INTERPRET") == "1"
