@@ -47,8 +47,12 @@ def fused_direction(mode, x_proj, batch_sizes, state, weight_hh, bias_hh, weight
     """
     batch_sizes = tuple(int(b) for b in batch_sizes)
     if mode == "LSTM":
+        # Inside forward, grad mode is always off and needs_input_grad ignores it, so the Function
+        # learns here whether a backward can follow (and it must save what that backward needs).
+        training = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x_proj, *state, weight_hh, bias_hh, weight_hr))
         out, h, c = LSTMFunction.apply(x_proj, state[0], state[1], weight_hh, bias_hh, weight_hr,
-                                       batch_sizes, bool(reverse))
+                                       batch_sizes, bool(reverse), training)
         return out, (h, c)
     if mode == "GRU":
         out, h = GRUFunction.apply(x_proj, state[0], weight_hh, bias_hh, batch_sizes, bool(reverse))
@@ -135,6 +139,12 @@ class _Layout:
         return [views[b] for b in self.sizes]
 
 
+def _transposed(weight):
+    """Wᵀ laid out row-major: BLAS runs h Wᵀ ~15% faster on CPU than on the transposed view, and one
+    copy per call is cheap next to T matmuls."""
+    return weight.t().contiguous() if weight.device.type == "cpu" else weight.t()
+
+
 def _grad_buffer(grad, shape, like):
     """A writable, contiguous copy of an incoming gradient (zeros where autograd gave none)."""
     if grad is None:
@@ -149,19 +159,19 @@ class LSTMFunction(torch.autograd.Function):
     """One LSTM direction, forward and hand-derived backward through time (optionally projected).
 
     apply(x_proj (N, 4H), h0 (B, P), c0 (B, H), weight_hh (4H, P), bias_hh (4H,) or None,
-          weight_hr (P, H) or None, batch_sizes, reverse) -> (out (N, P), h_n (B, P), c_n (B, H))
+          weight_hr (P, H) or None, batch_sizes, reverse, training=True)
+        -> (out (N, P), h_n (B, P), c_n (B, H))
 
-    Forward, one step in the code's names (`cells/lstm.py` has the same equations), with b_hh added
-    to x_proj once for all steps because it is a constant shift of every step's z:
+    `training=False` (the caller knows no backward will follow: no_grad, or nothing requires grad)
+    skips saving what the backward needs.
+
+    Forward, one step in the code's names (`cells/lstm.py` has the same equations):
 
         z  = x_proj + b_hh + h_prev W_hhᵀ             (b, 4H) = [z_i | z_f | z_g | z_o]
         i  = σ(z_i)   f = σ(z_f)   g = tanh(z_g)   o = σ(z_o)
         c  = f ⊙ c_prev + i ⊙ g
         m  = o ⊙ tanh(c)
         h  = m        or, with a projection,   h = m W_hrᵀ   (b, P)
-
-    Saved for the backward: the activations i, f, g, o (one (N, 4H) buffer, overwritten in place from
-    z), every c and tanh(c), every h (which gives h_prev), and m when projected.
 
     Backward. Write dX for ∂L/∂X. At step t, h receives two gradients: the output's, d_out[t], and the
     one step t+1 sends back through its recurrent matmul; their sum is dh. c receives dc from step
@@ -174,7 +184,7 @@ class LSTMFunction(torch.autograd.Function):
         dc_prev = dc ⊙ f                              what step t−1 receives as its dc
 
     Through the activations, σ'(z) = σ(z)(1 − σ(z)) and tanh'(z) = 1 − tanh(z)², both written in the
-    saved activations, so no pre-activation needs saving:
+    activations themselves, so no pre-activation is needed:
 
         dz_i = di ⊙ i(1 − i)     dz_f = df ⊙ f(1 − f)     dz_g = dg ⊙ (1 − g²)     dz_o = do ⊙ o(1 − o)
         dh_prev = dz W_hh                              (b, P): the one matmul per step
@@ -183,95 +193,124 @@ class LSTMFunction(torch.autograd.Function):
     db_hh = Σ dZ, dW_hr = DHᵀ M (P, H). Rows of a step that are inactive (packed sequences) keep their
     dh and dc, mirroring the forward, so the initial states' gradients come out of the same buffers.
 
-    The factors that do not depend on dh or dc — o(1 − tanh²c), tanh(c) o(1 − o), g i(1 − i),
-    c_prev f(1 − f), i(1 − g²) — are computed for all steps before the loop, which leaves five ops a
-    step: dh += d_out[t]; dc += dm ⊙ K_c; dz_ifg = dc ⊗ K_ifg; dz_o = dm ⊙ K_o; dc ⊙= f; dh = dz W_hh.
+    What is saved. Collecting the factors that multiply dm and dc above,
+
+        k_c = o(1 − tanh²c)     k_o = tanh(c) o(1 − o)                       (∂m/∂c, ∂m/∂z_o)
+        k_i = g i(1 − i)        k_f = c_prev f(1 − f)     k_g = i(1 − g²)    (∂c/∂z_i, ∂c/∂z_f, ∂c/∂z_g)
+
+    the backward step is five small ops and a matmul: dh += d_out[t]; dc += dm ⊙ k_c;
+    [dz_i | dz_f | dz_g] = dc ⊗ [k_i | k_f | k_g]; dz_o = dm ⊙ k_o; dc ⊙= f; dh = dz W_hh. So the
+    forward, while i, f, g, o, c are hot in cache, writes the k's and f (one (N, 6H) buffer) instead
+    of the activations, each with one fused op: with m = o ⊙ tanh(c) already there,
+    k_c = o − m ⊙ tanh(c) and k_o = m − m ⊙ o (`torch.addcmul(…, value=-1)`); likewise
+    k_i = gi − gi ⊙ i with gi = g ⊙ i, k_f = cf − cf ⊙ f with cf = f ⊙ c_prev, k_g = i − gi ⊙ g. The
+    gates' pre-activations live only in a (B, 4H) scratch buffer. Under no_grad none of this is
+    written.
     """
 
     @staticmethod
-    def forward(ctx, x_proj, h0, c0, weight_hh, bias_hh, weight_hr, batch_sizes, reverse):
+    def forward(ctx, x_proj, h0, c0, weight_hh, bias_hh, weight_hr, batch_sizes, reverse, training=True):
         lay = _Layout(batch_sizes, reverse)
         H = c0.shape[1]
-        acts = x_proj + bias_hh if bias_hh is not None else x_proj.clone()  # (N, 4H): z, then i|f|g|o
         h_buf, out, outs, h_init = lay.history(h0, x_proj)  # (N + B, P)
         c_buf, _, c_outs, c_init = lay.history(c0, x_proj)  # (N + B, H)
-        tanh_c = x_proj.new_empty(lay.N, H)  # (N, H)
-        m_buf = x_proj.new_empty(lay.N, H) if weight_hr is not None else None  # (N, H): o ⊙ tanh(c)
-        w_hh_t, w_hr_t = weight_hh.t(), (weight_hr.t() if weight_hr is not None else None)
+        z_buf = x_proj.new_empty(lay.B, 4 * H)  # (B, 4H): one step's z, then i | f | g | o
+        tc_buf = x_proj.new_empty(lay.B, H)  # (B, H): tanh(c)
+        gi_buf = x_proj.new_empty(lay.B, H)  # (B, H): g ⊙ i
+        projected = weight_hr is not None
+        m_buf = x_proj.new_empty(lay.N if training else lay.B, H) if projected else None  # o ⊙ tanh(c)
+        k = x_proj.new_empty(lay.N, 6 * H) if training else None  # (N, 6H): k_i|k_f|k_g|k_o|k_c|f
+        w_hh_t, w_hr_t = _transposed(weight_hh), (_transposed(weight_hr) if projected else None)
 
-        steps = zip(lay.split(acts), lay.split(acts[:, : 2 * H]), lay.split(acts[:, 2 * H : 3 * H]),
-                    lay.split(acts[:, 3 * H :]), lay.split(tanh_c),
-                    lay.split(m_buf) if m_buf is not None else outs)
-        steps = list(steps)
+        per_step = [lay.split(x_proj), lay.heads(z_buf), lay.heads(tc_buf), lay.heads(gi_buf)]
+        if projected:
+            per_step.append(lay.split(m_buf) if training else lay.heads(m_buf))
+        else:
+            per_step.append(outs)
+        if training:
+            per_step += [lay.split(k[:, j * H : (j + 1) * H]) for j in range(6)]
+        steps = list(zip(*per_step))
         h_prevs, c_prevs = [None] * lay.T, [None] * lay.T
         for t in lay.order:
-            z, if_, g, o, tc, m = steps[t]
+            x_t, z, tc, gi, m = steps[t][:5]
             h_prev = h_prevs[t] = lay.previous(t, outs, h_init)
             c_prev = c_prevs[t] = lay.previous(t, c_outs, c_init)
-            z.addmm_(h_prev, w_hh_t)  # (b, 4H)
-            if_.sigmoid_()
-            g.tanh_()
-            o.sigmoid_()
-            i, f = if_.chunk(2, 1)
-            c = torch.mul(f, c_prev, out=c_outs[t])
-            c.addcmul_(i, g)
+            torch.addmm(x_t, h_prev, w_hh_t, out=z)  # (b, 4H)
+            if bias_hh is not None:
+                z.add_(bias_hh)
+            i, f, g, o = z.chunk(4, 1)  # each (b, H)
+            if training:
+                k_i, k_f, k_g, k_o, k_c, f_saved = steps[t][5:]
+                i.sigmoid_()
+                f = torch.sigmoid(f, out=f_saved)
+                g.tanh_()
+                o.sigmoid_()
+                torch.mul(g, i, out=gi)
+                c = torch.mul(f, c_prev, out=k_f)  # f ⊙ c_prev, for now
+                c = torch.add(c, gi, out=c_outs[t])
+                torch.addcmul(i, gi, g, value=-1, out=k_g)
+                torch.addcmul(gi, gi, i, value=-1, out=k_i)
+                k_f.addcmul_(k_f, f, value=-1)
+            else:
+                z[:, : 2 * H].sigmoid_()
+                g.tanh_()
+                o.sigmoid_()
+                c = torch.mul(f, c_prev, out=c_outs[t])
+                c.addcmul_(i, g)
             torch.tanh(c, out=tc)
             torch.mul(o, tc, out=m)
-            if w_hr_t is not None:
+            if training:
+                torch.addcmul(o, m, tc, value=-1, out=k_c)
+                torch.addcmul(m, m, o, value=-1, out=k_o)
+            if projected:
                 torch.mm(m, w_hr_t, out=outs[t])  # (b, P)
 
-        ctx.lay = lay
-        ctx.save_for_backward(acts, lay.stacked_previous(h_buf, h_prevs), lay.stacked_previous(c_buf, c_prevs),
-                              tanh_c, m_buf, weight_hh, weight_hr)
+        ctx.lay, ctx.training = lay, training
+        if training:
+            ctx.save_for_backward(k, lay.stacked_previous(h_buf, h_prevs), m_buf, weight_hh, weight_hr)
         return out, lay.final(outs, h_init), lay.final(c_outs, c_init)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_hn, d_cn):
-        acts, h_prev, c_prev, tanh_c, m_buf, weight_hh, weight_hr = ctx.saved_tensors
+        if not ctx.training:
+            raise RuntimeError("LSTMFunction ran with training=False, so it saved nothing to backpropagate "
+                               "through; call it with training=True when a gradient is wanted")
+        k, h_prev, m_buf, weight_hh, weight_hr = ctx.saved_tensors
         lay = ctx.lay
-        N, H, P = lay.N, tanh_c.shape[1], h_prev.shape[1]
-        i, f, g, o = acts.chunk(4, 1)  # each (N, H)
-
-        # Everything that depends only on saved activations, for all steps at once.
-        k_c = o * (1 - tanh_c * tanh_c)  # (N, H): ∂m/∂c
-        k_o = tanh_c * o * (1 - o)  # (N, H): ∂m/∂z_o
-        k_ifg = acts.new_empty(N, 3, H)  # (N, 3, H): ∂c/∂z_i, ∂c/∂z_f, ∂c/∂z_g
-        torch.mul(g, i * (1 - i), out=k_ifg[:, 0])
-        torch.mul(c_prev, f * (1 - f), out=k_ifg[:, 1])
-        torch.mul(i, 1 - g * g, out=k_ifg[:, 2])
-
-        d_z = acts.new_empty(N, 4 * H)  # (N, 4H): d z = d x_proj
-        dh = _grad_buffer(d_hn, (lay.B, P), acts)  # (B, P): running ∂L/∂h
-        dc = _grad_buffer(d_cn, (lay.B, H), acts)  # (B, H): running ∂L/∂c
-        d_out = d_out.contiguous() if d_out is not None else acts.new_zeros(N, P)
+        N, H, P = lay.N, k.shape[1] // 6, h_prev.shape[1]
+        d_z = k.new_empty(N, 4 * H)  # (N, 4H): d z = d x_proj
+        dh = _grad_buffer(d_hn, (lay.B, P), k)  # (B, P): running ∂L/∂h
+        dc = _grad_buffer(d_cn, (lay.B, H), k)  # (B, H): running ∂L/∂c
+        d_out = d_out.contiguous() if d_out is not None else k.new_zeros(N, P)
         projected = weight_hr is not None
-        dh_total = acts.new_empty(N, P) if projected else None  # (N, P): dh of every step, for dW_hr
-        dm_scratch = acts.new_empty(lay.B, H) if projected else None  # (B, H)
+        dh_total = k.new_empty(N, P) if projected else None  # (N, P): dh of every step, for dW_hr
+        dm_scratch = k.new_empty(lay.B, H) if projected else None  # (B, H)
 
         steps = list(zip(lay.split(d_out), lay.split(d_z), lay.split(d_z[:, : 3 * H].view(N, 3, H)),
-                         lay.split(d_z[:, 3 * H :]), lay.split(k_c), lay.split(k_o), lay.split(k_ifg),
-                         lay.split(f), lay.heads(dh), lay.heads(dc),
+                         lay.split(d_z[:, 3 * H :]), lay.split(k[:, : 3 * H].view(N, 3, H)),
+                         lay.split(k[:, 3 * H : 4 * H]), lay.split(k[:, 4 * H : 5 * H]), lay.split(k[:, 5 * H :]),
+                         lay.heads(dh), lay.heads(dc),
                          lay.split(dh_total) if projected else [None] * lay.T,
                          lay.heads(dm_scratch) if projected else [None] * lay.T))
         for t in lay.back_order:
-            d_out_t, dz, dz_ifg, dz_o, kc, ko, kifg, f_t, dh_t, dc_t, dht, dm = steps[t]
+            d_out_t, dz, dz_ifg, dz_o, k_ifg, k_o, k_c, f, dh_t, dc_t, dht, dm = steps[t]
             if projected:
                 torch.add(dh_t, d_out_t, out=dht)
                 torch.mm(dht, weight_hr, out=dm)  # (b, H)
             else:
                 dm = dh_t.add_(d_out_t)  # (b, H)
-            dc_t.addcmul_(dm, kc)
-            torch.mul(dc_t.unsqueeze(1), kifg, out=dz_ifg)  # (b, 3, H)
-            torch.mul(dm, ko, out=dz_o)
-            dc_t.mul_(f_t)
+            dc_t.addcmul_(dm, k_c)
+            torch.mul(dc_t.unsqueeze(1), k_ifg, out=dz_ifg)  # (b, 3, H)
+            torch.mul(dm, k_o, out=dz_o)
+            dc_t.mul_(f)
             torch.mm(dz, weight_hh, out=dh_t)  # (b, P)
 
         need = ctx.needs_input_grad
         d_w_hh = torch.mm(d_z.t(), h_prev) if need[3] else None  # (4H, P)
         d_b_hh = d_z.sum(0) if need[4] else None  # (4H,)
         d_w_hr = torch.mm(dh_total.t(), m_buf) if projected and need[5] else None  # (P, H)
-        return d_z, dh, dc, d_w_hh, d_b_hh, d_w_hr, None, None
+        return d_z, dh, dc, d_w_hh, d_b_hh, d_w_hr, None, None, None
 
 
 # -- GRU --------------------------------------------------------------------------------------------
@@ -318,7 +357,7 @@ class GRUFunction(torch.autograd.Function):
         hh = x_proj.new_empty(lay.N, 3 * H)  # (N, 3H): h_prev W_hhᵀ + b_hh
         rz = x_proj.new_empty(lay.N, 2 * H)  # (N, 2H): r | z
         n_buf = x_proj.new_empty(lay.N, H)  # (N, H)
-        w_hh_t = weight_hh.t()
+        w_hh_t = _transposed(weight_hh)
         steps = list(zip(lay.split(x_proj[:, : 2 * H]), lay.split(x_proj[:, 2 * H :]), lay.split(hh),
                          lay.split(hh[:, : 2 * H]), lay.split(hh[:, 2 * H :]), lay.split(rz),
                          lay.split(rz[:, :H]), lay.split(rz[:, H:]), lay.split(n_buf)))
@@ -398,7 +437,7 @@ class RNNFunction(torch.autograd.Function):
         lay = _Layout(batch_sizes, reverse)
         x_b = x_proj + bias_hh if bias_hh is not None else x_proj  # (N, H), read only
         h_buf, out, outs, h_init = lay.history(h0, x_proj)  # (N + B, H)
-        w_hh_t = weight_hh.t()
+        w_hh_t = _transposed(weight_hh)
         xs = lay.split(x_b)
         tanh = nonlinearity == "tanh"
         h_prevs = [None] * lay.T
