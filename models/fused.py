@@ -34,6 +34,13 @@ step's gate math by one Triton kernel to cut the per-step launch count.
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import triton_kernels
+
+# When the steps' gate math runs as one Triton kernel: "auto" (on CUDA when triton imports),
+# "always" (also on the CPU under TRITON_INTERPRET=1, which is how the tests check the kernels) or
+# "never". See models/triton_kernels.py.
+TRITON = "auto"
+
 
 def fused_supported(device):
     """Whether impl="auto" should take this path on `device`: where it is tested and the fastest."""
@@ -230,11 +237,19 @@ class LSTMFunction(torch.autograd.Function):
         if training:
             per_step += [lay.split(k[:, j * H : (j + 1) * H]) for j in range(6)]
         steps = list(zip(*per_step))
+        kernel = triton_kernels.usable(x_proj, TRITON)
+        k_rows = lay.split(k) if training else [None] * lay.T
         h_prevs, c_prevs = [None] * lay.T, [None] * lay.T
         for t in lay.order:
             x_t, z, tc, gi, m = steps[t][:5]
             h_prev = h_prevs[t] = lay.previous(t, outs, h_init)
             c_prev = c_prevs[t] = lay.previous(t, c_outs, c_init)
+            if kernel:  # the same step as below, its gate math in one Triton kernel
+                torch.mm(h_prev, w_hh_t, out=z)  # (b, 4H)
+                triton_kernels.lstm_forward_step(z, x_t, bias_hh, c_prev, c_outs[t], m, k_rows[t])
+                if projected:
+                    torch.mm(m, w_hr_t, out=outs[t])  # (b, P)
+                continue
             torch.addmm(x_t, h_prev, w_hh_t, out=z)  # (b, 4H)
             if bias_hh is not None:
                 z.add_(bias_hh)
@@ -292,13 +307,19 @@ class LSTMFunction(torch.autograd.Function):
                          lay.split(k[:, 3 * H : 4 * H]), lay.split(k[:, 4 * H : 5 * H]), lay.split(k[:, 5 * H :]),
                          lay.heads(dh), lay.heads(dc),
                          lay.split(dh_total) if projected else [None] * lay.T,
-                         lay.heads(dm_scratch) if projected else [None] * lay.T))
+                         lay.heads(dm_scratch) if projected else [None] * lay.T, lay.split(k)))
+        kernel = triton_kernels.usable(k, TRITON)
         for t in lay.back_order:
-            d_out_t, dz, dz_ifg, dz_o, k_ifg, k_o, k_c, f, dh_t, dc_t, dht, dm = steps[t]
+            d_out_t, dz, dz_ifg, dz_o, k_ifg, k_o, k_c, f, dh_t, dc_t, dht, dm, k_t = steps[t]
             if projected:
                 torch.add(dh_t, d_out_t, out=dht)
                 torch.mm(dht, weight_hr, out=dm)  # (b, H)
-            else:
+            if kernel:  # the same step as below, its pointwise part in one Triton kernel
+                triton_kernels.lstm_backward_step(dm if projected else dh_t, None if projected else d_out_t,
+                                                  dc_t, k_t, dz)
+                torch.mm(dz, weight_hh, out=dh_t)  # (b, P)
+                continue
+            if not projected:
                 dm = dh_t.add_(d_out_t)  # (b, H)
             dc_t.addcmul_(dm, k_c)
             torch.mul(dc_t.unsqueeze(1), k_ifg, out=dz_ifg)  # (b, 3, H)
@@ -361,10 +382,16 @@ class GRUFunction(torch.autograd.Function):
         steps = list(zip(lay.split(x_proj[:, : 2 * H]), lay.split(x_proj[:, 2 * H :]), lay.split(hh),
                          lay.split(hh[:, : 2 * H]), lay.split(hh[:, 2 * H :]), lay.split(rz),
                          lay.split(rz[:, :H]), lay.split(rz[:, H:]), lay.split(n_buf)))
+        kernel = triton_kernels.usable(x_proj, TRITON)
+        xs = lay.split(x_proj)
         h_prevs = [None] * lay.T
         for t in lay.order:
             x_rz, x_n, hh_t, hh_rz, hh_n, rz_t, r, z, n = steps[t]
             h_prev = h_prevs[t] = lay.previous(t, outs, h_init)
+            if kernel:  # the same step as below, its gate math in one Triton kernel
+                torch.mm(h_prev, w_hh_t, out=hh_t)  # (b, 3H)
+                triton_kernels.gru_forward_step(hh_t, xs[t], bias_hh, h_prev, rz_t, n, outs[t])
+                continue
             if bias_hh is not None:
                 torch.addmm(bias_hh, h_prev, w_hh_t, out=hh_t)  # (b, 3H)
             else:

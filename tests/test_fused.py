@@ -275,3 +275,70 @@ def triton_interpreter_available():
     except ImportError:
         return False
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+TRITON_CASES = [  # (kind, num_layers, bidirectional, proj_size, packed lengths, initial state given)
+    ("lstm", 1, False, 0, None, True),
+    ("lstm", 2, True, 2, [3, 5, 1, 5], True),
+    ("lstm", 1, True, 0, [2, 5, 4, 1], False),
+    ("gru", 2, True, 0, [5, 1, 3, 2], True),
+    ("gru", 1, False, 0, None, False),
+    ("rnn_tanh", 1, True, 0, [3, 5, 1, 5], True),
+]
+
+
+def triton_device():
+    """Where the Triton kernels can be checked here: a GPU, or the CPU under the interpreter."""
+    from models import triton_kernels
+    if not triton_kernels.AVAILABLE:
+        pytest.skip("triton is not installed (pip install 'rnn-by-hand[triton]')")
+    if torch.cuda.is_available():
+        return "cuda"
+    if triton_kernels.interpreting():
+        return "cpu"
+    pytest.skip("no GPU, and TRITON_INTERPRET=1 was not set before triton was imported "
+                "(test_triton_kernels_under_the_interpreter runs these in a subprocess that sets it)")
+
+
+@pytest.mark.parametrize("kind,num_layers,bidirectional,proj_size,lengths,with_state", TRITON_CASES)
+def test_triton_kernels_equal_torch(kind, num_layers, bidirectional, proj_size, lengths, with_state, monkeypatch):
+    device = triton_device()
+    monkeypatch.setattr(fused, "TRITON", "always")
+    extra = {"proj_size": proj_size} if proj_size else {}
+    ours, ref = make_pair(kind, 3, 5, num_layers=num_layers, bidirectional=bidirectional, device=device, **extra)
+    assert_same(ours, ref, *make_inputs(kind, ours, 5, 4, lengths, with_state), **TIGHT)
+    ours32, ref32 = make_pair(kind, 8, 16, dtype=torch.float32, device=device, bidirectional=bidirectional, **extra)
+    assert_same(ours32, ref32, *make_inputs(kind, ours32, 6, 3, lengths and [6, 2, 4]))
+
+
+def test_triton_kernels_under_the_interpreter():
+    """Where triton is installed but neither a GPU nor the interpreter is on, check the kernels on the
+    CPU in a subprocess with TRITON_INTERPRET=1 (it must be set before triton is imported)."""
+    import subprocess
+    import sys
+    from models import triton_kernels
+    if not triton_kernels.AVAILABLE:
+        pytest.skip("triton is not installed (pip install 'rnn-by-hand[triton]')")
+    if torch.cuda.is_available() or triton_kernels.interpreting():
+        pytest.skip("test_triton_kernels_equal_torch runs the kernels in this process")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                          "-k", "test_triton_kernels_equal_torch"], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("triton_mode", ["never", "auto"])
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_eager_and_triton_steps_equal_torch(kind, triton_mode, monkeypatch):
+    """On a GPU both step implementations (eager ops; Triton when installed) equal torch.nn."""
+    monkeypatch.setattr(fused, "TRITON", triton_mode)
+    ours, ref = make_pair(kind, 3, 5, num_layers=2, bidirectional=True, device="cuda")
+    assert_same(ours, ref, *make_inputs(kind, ours, 5, 4, [3, 5, 1, 5]), **TIGHT)
+
+
+def test_fused_imports_and_runs_without_triton_or_gpu():
+    from models import triton_kernels
+    x = torch.zeros(1)
+    assert not triton_kernels.usable(x, "never")
+    assert triton_kernels.usable(x) == (triton_kernels.AVAILABLE and x.is_cuda)

@@ -1,0 +1,168 @@
+"""Triton kernels for the gate math of one time step, so a CUDA step is one matmul and one kernel.
+
+On a GPU the fused path's cost at moderate sizes is kernel launches, not arithmetic: the eager gate
+math of an LSTM step is about sixteen small kernels (sigmoid, tanh, mul, addcmul, …). Each function
+here does the same arithmetic as the eager code it replaces in `models.fused` — same equations, same
+saved factors — in one kernel over the step's b·H elements. Each program handles BLOCK elements;
+element e is row e // H, column e % H, and reads the row's gates at columns col, H + col, 2H + col, …
+
+triton is optional (`pip install rnn-by-hand[triton]`): without it `AVAILABLE` is False and the fused
+path runs its eager ops. With TRITON_INTERPRET=1 triton runs these kernels on CPU tensors (slowly),
+which is how the tests check them against torch.nn on machines without a GPU (the variable must be
+set before triton is imported: `TRITON_INTERPRET=1 pytest tests/test_fused.py`).
+
+tanh is written as (1 − e^{−2|x|}) / (1 + e^{−2|x|}) with x's sign, which is accurate in float32
+and float64 and needs nothing outside `triton.language`.
+"""
+import functools
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the eager path needs no triton
+    triton = tl = None
+
+AVAILABLE = triton is not None
+BLOCK = 1024
+
+
+def usable(tensor, mode="auto"):
+    """Whether the fused path should run its steps through these kernels for `tensor`.
+
+    mode "auto": on CUDA when triton imports; "always": also on the CPU under triton's interpreter
+    (TRITON_INTERPRET=1; for the tests); "never": the eager ops everywhere.
+    """
+    if not AVAILABLE or mode == "never":
+        return False
+    return tensor.is_cuda or (mode == "always" and interpreting())
+
+
+def interpreting():
+    import os
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """Build the kernels on first use (import stays cheap). Triton reads TRITON_INTERPRET when it is
+    imported, so the interpreter needs the variable set before the process imports triton."""
+
+    @triton.jit
+    def lstm_forward(zh_ptr, x_ptr, b_ptr, cp_ptr, c_ptr, m_ptr, k_ptr, n, H,
+                     HAS_BIAS: tl.constexpr, TRAINING: tl.constexpr, BLOCK: tl.constexpr):
+        e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = e < n
+        row, col = e // H, e % H
+        g4 = row * 4 * H + col  # column col of gate i in the (b, 4H) rows
+        z_i = tl.load(zh_ptr + g4, mask=mask) + tl.load(x_ptr + g4, mask=mask)
+        z_f = tl.load(zh_ptr + g4 + H, mask=mask) + tl.load(x_ptr + g4 + H, mask=mask)
+        z_g = tl.load(zh_ptr + g4 + 2 * H, mask=mask) + tl.load(x_ptr + g4 + 2 * H, mask=mask)
+        z_o = tl.load(zh_ptr + g4 + 3 * H, mask=mask) + tl.load(x_ptr + g4 + 3 * H, mask=mask)
+        if HAS_BIAS:
+            z_i += tl.load(b_ptr + col, mask=mask)
+            z_f += tl.load(b_ptr + col + H, mask=mask)
+            z_g += tl.load(b_ptr + col + 2 * H, mask=mask)
+            z_o += tl.load(b_ptr + col + 3 * H, mask=mask)
+        i = tl.sigmoid(z_i)
+        f = tl.sigmoid(z_f)
+        e_g = tl.exp(-2.0 * tl.abs(z_g))  # g = tanh(z_g), see the module docstring
+        g = tl.where(z_g >= 0, (1.0 - e_g) / (1.0 + e_g), (e_g - 1.0) / (1.0 + e_g))
+        o = tl.sigmoid(z_o)
+        c_prev = tl.load(cp_ptr + e, mask=mask)
+        c = f * c_prev + i * g
+        e_c = tl.exp(-2.0 * tl.abs(c))  # tanh(c)
+        tc = tl.where(c >= 0, (1.0 - e_c) / (1.0 + e_c), (e_c - 1.0) / (1.0 + e_c))
+        m = o * tc
+        tl.store(c_ptr + e, c, mask=mask)
+        tl.store(m_ptr + e, m, mask=mask)
+        if TRAINING:  # the backward's factors, as in LSTMFunction: k_i|k_f|k_g|k_o|k_c|f
+            k6 = row * 6 * H + col
+            tl.store(k_ptr + k6, g * i * (1.0 - i), mask=mask)
+            tl.store(k_ptr + k6 + H, c_prev * f * (1.0 - f), mask=mask)
+            tl.store(k_ptr + k6 + 2 * H, i * (1.0 - g * g), mask=mask)
+            tl.store(k_ptr + k6 + 3 * H, m - m * o, mask=mask)
+            tl.store(k_ptr + k6 + 4 * H, o - m * tc, mask=mask)
+            tl.store(k_ptr + k6 + 5 * H, f, mask=mask)
+
+    @triton.jit
+    def lstm_backward(dm_ptr, dout_ptr, dc_ptr, k_ptr, dz_ptr, n, H,
+                      ADD_DOUT: tl.constexpr, BLOCK: tl.constexpr):
+        e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = e < n
+        row, col = e // H, e % H
+        dm = tl.load(dm_ptr + e, mask=mask)
+        if ADD_DOUT:
+            dm += tl.load(dout_ptr + e, mask=mask)
+        k6 = row * 6 * H + col
+        dc = tl.load(dc_ptr + e, mask=mask) + dm * tl.load(k_ptr + k6 + 4 * H, mask=mask)
+        g4 = row * 4 * H + col
+        tl.store(dz_ptr + g4, dc * tl.load(k_ptr + k6, mask=mask), mask=mask)
+        tl.store(dz_ptr + g4 + H, dc * tl.load(k_ptr + k6 + H, mask=mask), mask=mask)
+        tl.store(dz_ptr + g4 + 2 * H, dc * tl.load(k_ptr + k6 + 2 * H, mask=mask), mask=mask)
+        tl.store(dz_ptr + g4 + 3 * H, dm * tl.load(k_ptr + k6 + 3 * H, mask=mask), mask=mask)
+        tl.store(dc_ptr + e, dc * tl.load(k_ptr + k6 + 5 * H, mask=mask), mask=mask)
+
+    @triton.jit
+    def gru_forward(hh_ptr, x_ptr, b_ptr, hp_ptr, rz_ptr, n_ptr, h_ptr, n, H,
+                    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+        e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = e < n
+        row, col = e // H, e % H
+        g3 = row * 3 * H + col
+        hh_r = tl.load(hh_ptr + g3, mask=mask)
+        hh_z = tl.load(hh_ptr + g3 + H, mask=mask)
+        hh_n = tl.load(hh_ptr + g3 + 2 * H, mask=mask)
+        if HAS_BIAS:
+            hh_r += tl.load(b_ptr + col, mask=mask)
+            hh_z += tl.load(b_ptr + col + H, mask=mask)
+            hh_n += tl.load(b_ptr + col + 2 * H, mask=mask)
+            tl.store(hh_ptr + g3 + 2 * H, hh_n, mask=mask)  # the backward reads hh_n with b_hn
+        r = tl.sigmoid(tl.load(x_ptr + g3, mask=mask) + hh_r)
+        z = tl.sigmoid(tl.load(x_ptr + g3 + H, mask=mask) + hh_z)
+        n_pre = tl.load(x_ptr + g3 + 2 * H, mask=mask) + r * hh_n
+        e_n = tl.exp(-2.0 * tl.abs(n_pre))  # the candidate n = tanh(n_pre)
+        cand = tl.where(n_pre >= 0, (1.0 - e_n) / (1.0 + e_n), (e_n - 1.0) / (1.0 + e_n))
+        h_prev = tl.load(hp_ptr + e, mask=mask)
+        g2 = row * 2 * H + col
+        tl.store(rz_ptr + g2, r, mask=mask)
+        tl.store(rz_ptr + g2 + H, z, mask=mask)
+        tl.store(n_ptr + e, cand, mask=mask)
+        tl.store(h_ptr + e, cand + z * (h_prev - cand), mask=mask)
+
+    return {"lstm_forward": lstm_forward, "lstm_backward": lstm_backward, "gru_forward": gru_forward}
+
+
+def _launch(name, n, *args, **constexprs):
+    kernel = _kernels()[name]
+    kernel[(triton.cdiv(n, BLOCK),)](*args, BLOCK=BLOCK, **constexprs)
+
+
+def _rows(t, width):
+    """Kernels index rows as row · width + col: the tensor must be row-major with that row stride."""
+    assert t.stride() == (width, 1) or t.shape[0] <= 1 and t.stride(-1) == 1, \
+        f"triton step: expected rows of width {width}, got strides {t.stride()}"
+    return t
+
+
+def lstm_forward_step(zh, x_t, bias_hh, c_prev, c, m, k):
+    """i, f, g, o from z = zh + x_t (+ b_hh); writes c, m = o ⊙ tanh(c) and, if k is given, the
+    backward's factors k_i|k_f|k_g|k_o|k_c|f into k's (b, 6H) rows. Equals LSTMFunction's eager step."""
+    b, H = c.shape
+    _launch("lstm_forward", b * H, _rows(zh, 4 * H), _rows(x_t, 4 * H), bias_hh if bias_hh is not None else zh,
+            _rows(c_prev, H), _rows(c, H), _rows(m, H), _rows(k, 6 * H) if k is not None else zh, b * H, H,
+            HAS_BIAS=bias_hh is not None, TRAINING=k is not None)
+
+
+def lstm_backward_step(dm, d_out, dc, k, dz):
+    """dm (+ d_out) → dz (b, 4H), and dc updated in place to the dc the previous step receives."""
+    b, H = dc.shape
+    _launch("lstm_backward", b * H, _rows(dm, H), _rows(d_out, H) if d_out is not None else dm, _rows(dc, H),
+            _rows(k, 6 * H), _rows(dz, 4 * H), b * H, H, ADD_DOUT=d_out is not None)
+
+
+def gru_forward_step(hh, x_t, bias_hh, h_prev, rz, n, h):
+    """hh = h_prev W_hhᵀ (b, 3H) gets b_hh added to its n column; writes r|z, n and h."""
+    b, H = h.shape
+    _launch("gru_forward", b * H, _rows(hh, 3 * H), _rows(x_t, 3 * H), bias_hh if bias_hh is not None else hh,
+            _rows(h_prev, H), _rows(rz, 2 * H), _rows(n, H), _rows(h, H), b * H, H,
+            HAS_BIAS=bias_hh is not None)
