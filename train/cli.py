@@ -114,7 +114,8 @@ def _common_options(p: argparse.ArgumentParser, task: str) -> None:
                                                f"(default runs/{task}-CELL-IMPL)")
     g.add_argument("--resume", action="store_true", help="continue the run saved in --out where it stopped")
     g.add_argument("--log-every", type=_positive_int, metavar="STEPS", help="steps between logged loss points")
-    g.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--threads", type=_positive_int,
+                   help="CPU threads for torch (default 1: fastest when the machine is shared, see train/config.py)")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bars or epoch lines")
     g.add_argument("--no-plots", dest="plots", action="store_false", default=None, help="skip the PNG plots")
     # For tests and CI: act as if Ctrl-C came after this many optimiser steps.

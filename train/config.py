@@ -74,7 +74,7 @@ class Config:
     device: str = "auto"
     out: Optional[str] = None
     log_every: int = 20  # steps between the logged training-loss points in metrics.json
-    threads: Optional[int] = None
+    threads: Optional[int] = None  # None: torch's own choice
     quiet: bool = False
     plots: bool = True
 
@@ -84,7 +84,13 @@ class Config:
 
 FIELDS = {f.name for f in dataclasses.fields(Config)}
 
-DEFAULTS: dict[str, Any] = {}
+DEFAULTS: dict[str, Any] = {
+    # One CPU thread. These models run hundreds of small ops per step, each a parallel region in
+    # which every thread must arrive; on a shared machine one descheduled thread stalls them all.
+    # Measured on the 2-core CI box while another job ran: an LSTM-128 step took 24 ms on 1 thread
+    # and 250 ms on 2. On a quiet machine 2 threads gain little; `--threads 2` asks for them.
+    "threads": 1,
+}
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {},
@@ -92,10 +98,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     # steps: the first steps carry an error no model can remove (≈ 0.5 at step 0 alone, which is
     # 5e-3 averaged over 100 steps). The loss and test MSE therefore skip a short burn-in.
     "sine": dict(
-        cell="lstm", hidden=32, epochs=12, batch_size=32, lr=1e-2, clip=1.0, burn_in=10, log_every=20,
-        # Its matrices are tiny (32 × 128): a second thread only adds synchronisation, and on a busy
-        # machine two spinning threads per process made it ten times slower.
-        threads=1,
+        cell="lstm", hidden=32, epochs=12, batch_size=32, lr=1e-2, clip=1.0, burn_in=10, log_every=20
     ),
 }
 
