@@ -31,6 +31,8 @@ that was marked with @once_differentiable"; use `impl="readable"` for that.
 On CUDA the same loop runs with torch ops; `models.triton_kernels`, when triton imports, replaces each
 step's gate math by one Triton kernel to cut the per-step launch count.
 """
+import threading
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -71,6 +73,65 @@ def fused_direction(mode, x_proj, batch_sizes, state, weight_hh, bias_hh, weight
     raise ValueError(f"mode must be 'RNN', 'LSTM' or 'GRU', got {mode!r}")
 
 
+# -- buffers -----------------------------------------------------------------------------------------
+
+
+class _Workspace:
+    """Large CPU buffers reused across calls, because a fresh one costs more than the work in it.
+
+    A new multi-megabyte tensor comes from the OS as untouched pages, and the first write to each
+    page faults (~0.4 ms per MB here): for a training step at the MNIST shape that was a third of the
+    LSTM's time. So the buffers of the sequence (activations, states, gradients) are taken from a
+    small pool and go back to it by themselves: a pooled buffer is free again when nothing but the
+    pool refers to its storage — not the autograd graph that saved it, not an output view a caller
+    kept, not a gradient in flight. Only CPU buffers of 256 KiB to 64 MiB are pooled (CUDA has its
+    caching allocator), at most four of a size, sixteen sizes. The storage use count is a private
+    torch API; if it is missing or behaves unexpectedly the pool turns itself off.
+    """
+
+    def __init__(self, per_size=4, sizes=16, min_bytes=256 << 10, max_bytes=64 << 20):
+        self.per_size, self.sizes, self.min_bytes, self.max_bytes = per_size, sizes, min_bytes, max_bytes
+        self.pool = {}  # (dtype, numel) -> [flat tensors], most recently used size last
+        self.lock = threading.Lock()
+        try:
+            use_count = torch._C._storage_Use_Count
+            probe = torch.empty(1)
+            self.enabled = use_count(probe.untyped_storage()._cdata) == 2  # the tensor + this query
+            view = probe[:]
+            self.enabled &= use_count(probe.untyped_storage()._cdata) == 3
+            del view
+        except (AttributeError, RuntimeError, TypeError):
+            self.enabled = False
+
+    def _free(self, flat):
+        return torch._C._storage_Use_Count(flat.untyped_storage()._cdata) == 2
+
+    def empty(self, like, *shape):
+        """An uninitialised tensor like `like.new_empty(*shape)`, from the pool where it pays."""
+        numel = 1
+        for s in shape:
+            numel *= s
+        nbytes = numel * like.element_size()
+        if not self.enabled or like.device.type != "cpu" or not self.min_bytes <= nbytes <= self.max_bytes:
+            return like.new_empty(shape)
+        key = (like.dtype, numel)
+        with self.lock:
+            buffers = self.pool.pop(key, [])
+            self.pool[key] = buffers  # most recently used last
+            for flat in buffers:
+                if self._free(flat):
+                    return flat.view(shape)
+            flat = like.new_empty(numel)
+            if len(buffers) < self.per_size:
+                buffers.append(flat)
+            while len(self.pool) > self.sizes:
+                del self.pool[next(iter(self.pool))]
+            return flat.view(shape)
+
+
+_workspace = _Workspace()
+
+
 # -- the packed layout ------------------------------------------------------------------------------
 
 
@@ -104,7 +165,7 @@ class _Layout:
         The previous states are filled in by `previous` during the forward loop.
         """
         N, B = self.N, self.B
-        buf = like.new_empty(N + B, init.shape[1])  # (N + B, ·)
+        buf = _workspace.empty(like, N + B, init.shape[1])  # (N + B, ·)
         if self.reverse:
             buf[N:].copy_(init)
             pieces = buf.split(self.sizes + [B])
@@ -225,8 +286,8 @@ class LSTMFunction(torch.autograd.Function):
         tc_buf = x_proj.new_empty(lay.B, H)  # (B, H): tanh(c)
         gi_buf = x_proj.new_empty(lay.B, H)  # (B, H): g ⊙ i
         projected = weight_hr is not None
-        m_buf = x_proj.new_empty(lay.N if training else lay.B, H) if projected else None  # o ⊙ tanh(c)
-        k = x_proj.new_empty(lay.N, 6 * H) if training else None  # (N, 6H): k_i|k_f|k_g|k_o|k_c|f
+        m_buf = _workspace.empty(x_proj, lay.N if training else lay.B, H) if projected else None  # o ⊙ tanh(c)
+        k = _workspace.empty(x_proj, lay.N, 6 * H) if training else None  # (N, 6H): k_i|k_f|k_g|k_o|k_c|f
         w_hh_t, w_hr_t = _transposed(weight_hh), (_transposed(weight_hr) if projected else None)
 
         per_step = [lay.split(x_proj), lay.heads(z_buf), lay.heads(tc_buf), lay.heads(gi_buf)]
@@ -294,12 +355,12 @@ class LSTMFunction(torch.autograd.Function):
         k, h_prev, m_buf, weight_hh, weight_hr = ctx.saved_tensors
         lay = ctx.lay
         N, H, P = lay.N, k.shape[1] // 6, h_prev.shape[1]
-        d_z = k.new_empty(N, 4 * H)  # (N, 4H): d z = d x_proj
+        d_z = _workspace.empty(k, N, 4 * H)  # (N, 4H): d z = d x_proj
         dh = _grad_buffer(d_hn, (lay.B, P), k)  # (B, P): running ∂L/∂h
         dc = _grad_buffer(d_cn, (lay.B, H), k)  # (B, H): running ∂L/∂c
         d_out = d_out.contiguous() if d_out is not None else k.new_zeros(N, P)
         projected = weight_hr is not None
-        dh_total = k.new_empty(N, P) if projected else None  # (N, P): dh of every step, for dW_hr
+        dh_total = _workspace.empty(k, N, P) if projected else None  # (N, P): dh of every step, for dW_hr
         dm_scratch = k.new_empty(lay.B, H) if projected else None  # (B, H)
 
         steps = list(zip(lay.split(d_out), lay.split(d_z), lay.split(d_z[:, : 3 * H].view(N, 3, H)),
@@ -375,9 +436,9 @@ class GRUFunction(torch.autograd.Function):
         lay = _Layout(batch_sizes, reverse)
         H = h0.shape[1]
         h_buf, out, outs, h_init = lay.history(h0, x_proj)  # (N + B, H)
-        hh = x_proj.new_empty(lay.N, 3 * H)  # (N, 3H): h_prev W_hhᵀ + b_hh
-        rz = x_proj.new_empty(lay.N, 2 * H)  # (N, 2H): r | z
-        n_buf = x_proj.new_empty(lay.N, H)  # (N, H)
+        hh = _workspace.empty(x_proj, lay.N, 3 * H)  # (N, 3H): h_prev W_hhᵀ + b_hh
+        rz = _workspace.empty(x_proj, lay.N, 2 * H)  # (N, 2H): r | z
+        n_buf = _workspace.empty(x_proj, lay.N, H)  # (N, H)
         w_hh_t = _transposed(weight_hh)
         steps = list(zip(lay.split(x_proj[:, : 2 * H]), lay.split(x_proj[:, 2 * H :]), lay.split(hh),
                          lay.split(hh[:, : 2 * H]), lay.split(hh[:, 2 * H :]), lay.split(rz),
@@ -414,13 +475,13 @@ class GRUFunction(torch.autograd.Function):
         hh_n = hh[:, 2 * H :]
 
         k_n = (1 - z) * (1 - n * n)  # (N, H): ∂h/∂n_pre
-        k = rz.new_empty(N, 3, H)  # (N, 3, H): ∂h/∂hh_r, ∂h/∂hh_z, ∂h/∂hh_n
+        k = _workspace.empty(rz, N, 3, H)  # (N, 3, H): ∂h/∂hh_r, ∂h/∂hh_z, ∂h/∂hh_n
         torch.mul(k_n * hh_n, r * (1 - r), out=k[:, 0])
         torch.mul(h_prev - n, z * (1 - z), out=k[:, 1])
         torch.mul(k_n, r, out=k[:, 2])
 
-        d_hh = rz.new_empty(N, 3 * H)  # (N, 3H)
-        d_xn = rz.new_empty(N, H)  # (N, H): dn_pre
+        d_hh = _workspace.empty(rz, N, 3 * H)  # (N, 3H)
+        d_xn = _workspace.empty(rz, N, H)  # (N, H): dn_pre
         dh = _grad_buffer(d_hn, (lay.B, H), rz)  # (B, H)
         d_out = d_out.contiguous() if d_out is not None else rz.new_zeros(N, H)
         steps = list(zip(lay.split(d_out), lay.split(d_hh), lay.split(d_hh.view(N, 3, H)), lay.split(d_xn),
@@ -484,7 +545,7 @@ class RNNFunction(torch.autograd.Function):
         lay = ctx.lay
         N, H = lay.N, out.shape[1]
         slope = 1 - out * out if ctx.tanh else (out > 0).to(out.dtype)  # (N, H): φ'
-        d_z = out.new_empty(N, H)  # (N, H)
+        d_z = _workspace.empty(out, N, H)  # (N, H)
         dh = _grad_buffer(d_hn, (lay.B, H), out)  # (B, H)
         d_out = d_out.contiguous() if d_out is not None else out.new_zeros(N, H)
         steps = list(zip(lay.split(d_out), lay.split(d_z), lay.split(slope), lay.heads(dh)))

@@ -342,3 +342,28 @@ def test_fused_imports_and_runs_without_triton_or_gpu():
     x = torch.zeros(1)
     assert not triton_kernels.usable(x, "never")
     assert triton_kernels.usable(x) == (triton_kernels.AVAILABLE and x.is_cuda)
+
+
+# -- the workspace pool never hands out a buffer that is still in use --------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_buffers_are_not_reused_while_referenced(kind):
+    """Two graphs alive at once, outputs kept across calls, retain_graph: the pooled buffers of one
+    call must not be overwritten by the next (sizes big enough to be pooled)."""
+    ours, ref = make_pair(kind, 8, 64)
+    xs = [torch.randn(40, 32, 8, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    outs_ours = [ours(x)[0] for x in xs]  # both graphs alive
+    kept = [o.detach().clone() for o in outs_ours]
+    outs_ref = [ref(x)[0] for x in xs]
+    for o, k, r in zip(outs_ours, kept, outs_ref):
+        torch.testing.assert_close(o, r, **TIGHT)
+        torch.testing.assert_close(o, k, rtol=0, atol=0)
+    for x, o, r in zip(xs, outs_ours, outs_ref):
+        loss, loss_ref = o.square().sum(), r.square().sum()
+        first = torch.autograd.grad(loss, [x, *ours.parameters()], retain_graph=True)
+        again = torch.autograd.grad(loss, [x, *ours.parameters()])
+        want = torch.autograd.grad(loss_ref, [x, *ref.parameters()])
+        for a, b, c in zip(first, again, want):
+            torch.testing.assert_close(a, c, **TIGHT)
+            torch.testing.assert_close(b, a, rtol=0, atol=0)
