@@ -10,8 +10,10 @@ before the time loop; the loop does only the recurrent matmul and the gate math 
 (`cells.rnn_step`, `cells.lstm_step`, `cells.gru_step`).
 
 `impl` picks how the loop runs: "readable" unrolls the cell's step in Python with autograd
-(`models.unroll`); "fused" is the fast path of `models.fused`, proven equal to "readable" and to
-torch.nn by the tests; "auto" (the default) takes the fastest correct path for the device.
+(`models.unroll`); "fused" is the fast path of `models.fused` (one autograd Function per cell with
+the backward through time derived by hand; on CUDA the gate math of a step is one Triton kernel
+when triton is installed), proven equal to "readable" and to torch.nn by the tests; "auto" (the
+default) takes the fastest correct path for the device: "fused" on CPU and CUDA, else "readable".
 """
 import numbers
 import warnings
