@@ -12,16 +12,20 @@
   after the loop: dW_hh = dZᵀ H_prev, db_hh = Σ_rows dZ. The gradient of x_proj is dZ itself, so the
   layer's `F.linear(x, weight_ih, bias_ih)` turns it into the input, weight_ih and bias_ih
   gradients with one matmul each.
-- **allocations and Python in the hot loop.** Every buffer is allocated once per call; the loop reads
-  per-step views made by one `split(batch_sizes)` per buffer, and writes with in-place ops and
-  `out=`. Factors of the backward that depend only on saved activations (σ'(z) = σ(1 − σ),
-  tanh'(z) = 1 − tanh², …) are computed for all steps at once before the backward loop.
+- **allocations and Python in the hot loop.** Every buffer is allocated once per call (large CPU
+  ones come from a pool reused across calls, `_Workspace`); the loop reads per-step views made by
+  one `split(batch_sizes)` per buffer, and writes with in-place ops and `out=`. The factors of the
+  backward that depend only on activations (σ'(z) = σ(1 − σ), tanh'(z) = 1 − tanh², …) are not
+  recomputed step by step in the backward: the LSTM's forward writes them while its gates are in
+  cache, the GRU's and RNN's backward computes them for all steps at once before its loop.
 
 The sequence layout is PackedSequence's (see `models/unroll.py`): step t holds `batch_sizes[t]` rows,
-non-increasing, and only those rows are updated at step t. A state buffer of the full batch is
-updated in its first b rows, which gives both directions their semantics for free: running forwards
-the rows of sequences that ended keep their final state, running backwards the rows of sequences not
-yet begun keep h0; the backward loop updates the state gradients' first b rows the same way.
+non-increasing, and only those rows are updated at step t: running forwards the rows of sequences
+that ended keep their final state, running backwards the rows of sequences not yet begun keep h0
+(`_Layout` says where each step reads its previous state). The backward keeps the state gradients
+dh, dc in (B, ·) buffers and updates their first b rows at step t, mirroring the forward, so a row
+whose sequence is inactive carries its gradient through unchanged to where it came from: the final
+state's gradient to the sequence's last step, and the first step's dh_prev to h0.
 
 Double backward (a gradient of these gradients, e.g. a gradient penalty) is not supported: the
 backward is a hand-written loop, not an autograd graph. The Functions are `once_differentiable`, so
@@ -160,10 +164,8 @@ class _Layout:
         return t.split(self.sizes)
 
     def history(self, init, like):
-        """(buffer (N + B, ·), output (N, ·) view, per-step output views, per-step previous states).
-
-        The previous states are filled in by `previous` during the forward loop.
-        """
+        """(buffer (N + B, ·), its outputs (N, ·), per-step output views, its initial rows (B, ·)),
+        with `init` copied into the initial rows."""
         N, B = self.N, self.B
         buf = _workspace.empty(like, N + B, init.shape[1])  # (N + B, ·)
         if self.reverse:
@@ -193,7 +195,7 @@ class _Layout:
         return torch.cat(prevs)
 
     def final(self, outs, init):
-        """The final state (B, ·): each sequence's state after its last step (or h0's row, never)."""
+        """The final state (B, ·): each sequence's state after its last step (a copy)."""
         if self.reverse or self.uniform:
             return (outs[0] if self.reverse else outs[-1]).clone()
         # Forwards, the sequences that end at step t are rows b_{t+1}..b_t of step t's output.
