@@ -264,7 +264,8 @@ def time_ms(functions: Dict[str, Callable[[], object]], threads: int, min_run_ti
     with a warm-up and synchronises the GPU around each block), starting with a different function
     each round so that none always runs first or last; the median is over all blocks of all rounds.
     A function whose calls outlast a round (the readable unroll on a long sequence takes seconds)
-    gets one block a round, and no more rounds once it has three blocks and its min_run_time.
+    gets one block a round, and no more rounds once it has three blocks and its min_run_time, or
+    ten times its min_run_time: a call that takes a minute needs no second decimal.
     """
     names = list(functions)
     timers = {name: benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, label=label,
@@ -273,7 +274,7 @@ def time_ms(functions: Dict[str, Callable[[], object]], threads: int, min_run_ti
     spent = dict.fromkeys(names, 0.0)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            if len(times[name]) >= 3 and spent[name] >= min_run_time:
+            if spent[name] >= min_run_time and (len(times[name]) >= 3 or spent[name] >= 10 * min_run_time):
                 continue
             m = timers[name].blocked_autorange(min_run_time=min_run_time / rounds)
             times[name] += m.times
