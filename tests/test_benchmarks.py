@@ -167,3 +167,22 @@ def test_check_passes_on_float64():
         layers["readable"].weight_hh_l0[1, 2] += 1e-6
     with pytest.raises(BenchmarkError, match="gradient of|output|final state"):
         run.check("gru", "readable", shape, layers["readable"], layers["torch"], inputs, cpu, torch.float64)
+
+
+def test_time_ms_gives_slow_calls_fewer_rounds():
+    """A call longer than a round is timed in three rounds, not all five; fast ones get all five."""
+    import time
+
+    calls = {"fast": 0, "slow": 0}
+
+    def fast():
+        calls["fast"] += 1
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.02)
+
+    ms = run.time_ms({"fast": fast, "slow": slow}, threads=1, min_run_time=0.01, rounds=5, label="t")
+    assert ms["slow"] >= 20 and 0 < ms["fast"] < ms["slow"]
+    assert calls["slow"] == 3 * 2  # per round: blocked_autorange's warm-up call and one block of one
+    assert calls["fast"] > calls["slow"]
