@@ -270,12 +270,11 @@ class LSTMFunction(torch.autograd.Function):
 
     the backward step is five small ops and a matmul: dh += d_out[t]; dc += dm ⊙ k_c;
     [dz_i | dz_f | dz_g] = dc ⊗ [k_i | k_f | k_g]; dz_o = dm ⊙ k_o; dc ⊙= f; dh = dz W_hh. So the
-    forward, while i, f, g, o, c are hot in cache, writes the k's and f (one (N, 6H) buffer) instead
-    of the activations, each with one fused op: with m = o ⊙ tanh(c) already there,
-    k_c = o − m ⊙ tanh(c) and k_o = m − m ⊙ o (`torch.addcmul(…, value=-1)`); likewise
-    k_i = gi − gi ⊙ i with gi = g ⊙ i, k_f = cf − cf ⊙ f with cf = f ⊙ c_prev, k_g = i − gi ⊙ g. The
-    gates' pre-activations live only in a (B, 4H) scratch buffer. Under no_grad none of this is
-    written.
+    forward, while i, f, g, o, c are hot in cache, writes the k's (one (N, 5H) buffer), each with one
+    fused op: with m = o ⊙ tanh(c) already there, k_c = o − m ⊙ tanh(c) and k_o = m − m ⊙ o
+    (`torch.addcmul(…, value=-1)`); likewise k_i = gi − gi ⊙ i with gi = g ⊙ i,
+    k_f = cf − cf ⊙ f with cf = f ⊙ c_prev, k_g = i − gi ⊙ g. The activations (N, 4H), computed in
+    place over z = x_proj + b_hh + h_prev W_hhᵀ, are saved too, for f. Under no_grad no k is written.
     """
 
     @staticmethod
@@ -284,45 +283,45 @@ class LSTMFunction(torch.autograd.Function):
         H = c0.shape[1]
         h_buf, out, outs, h_init = lay.history(h0, x_proj)  # (N + B, P)
         c_buf, _, c_outs, c_init = lay.history(c0, x_proj)  # (N + B, H)
-        z_buf = x_proj.new_empty(lay.B, 4 * H)  # (B, 4H): one step's z, then i | f | g | o
+        # b_hh shifts every step's z alike, so it joins x_proj once; each step then adds its recurrent
+        # matmul in place (no copy of x_t) and turns z into the activations i | f | g | o in place.
+        acts = _workspace.empty(x_proj, lay.N, 4 * H)  # (N, 4H)
+        torch.add(x_proj, bias_hh, out=acts) if bias_hh is not None else acts.copy_(x_proj)
         tc_buf = x_proj.new_empty(lay.B, H)  # (B, H): tanh(c)
         gi_buf = x_proj.new_empty(lay.B, H)  # (B, H): g ⊙ i
         projected = weight_hr is not None
         m_buf = _workspace.empty(x_proj, lay.N if training else lay.B, H) if projected else None  # o ⊙ tanh(c)
-        k = _workspace.empty(x_proj, lay.N, 6 * H) if training else None  # (N, 6H): k_i|k_f|k_g|k_o|k_c|f
+        k = _workspace.empty(x_proj, lay.N, 5 * H) if training else None  # (N, 5H): k_i|k_f|k_g|k_o|k_c
         w_hh_t, w_hr_t = _transposed(weight_hh), (_transposed(weight_hr) if projected else None)
 
-        per_step = [lay.split(x_proj), lay.heads(z_buf), lay.heads(tc_buf), lay.heads(gi_buf)]
+        per_step = [lay.split(acts), lay.split(acts[:, : 2 * H])]
+        per_step += [lay.split(acts[:, j * H : (j + 1) * H]) for j in range(4)]  # i, f, g, o
+        per_step += [lay.heads(tc_buf), lay.heads(gi_buf)]
         if projected:
             per_step.append(lay.split(m_buf) if training else lay.heads(m_buf))
         else:
             per_step.append(outs)
+        per_step.append(lay.split(k) if training else [None] * lay.T)
         if training:
-            per_step += [lay.split(k[:, j * H : (j + 1) * H]) for j in range(6)]
+            per_step += [lay.split(k[:, j * H : (j + 1) * H]) for j in range(5)]
         steps = list(zip(*per_step))
         kernel = triton_kernels.usable(x_proj, TRITON)
-        k_rows = lay.split(k) if training else [None] * lay.T
         h_prevs, c_prevs = [None] * lay.T, [None] * lay.T
         for t in lay.order:
-            x_t, z, tc, gi, m = steps[t][:5]
+            z, if_, i, f, g, o, tc, gi, m, k_t = steps[t][:10]
             h_prev = h_prevs[t] = lay.previous(t, outs, h_init)
             c_prev = c_prevs[t] = lay.previous(t, c_outs, c_init)
+            z.addmm_(h_prev, w_hh_t)  # (b, 4H)
             if kernel:  # the same step as below, its gate math in one Triton kernel
-                torch.mm(h_prev, w_hh_t, out=z)  # (b, 4H)
-                triton_kernels.lstm_forward_step(z, x_t, bias_hh, c_prev, c_outs[t], m, k_rows[t])
+                triton_kernels.lstm_forward_step(z, c_prev, c_outs[t], m, k_t)
                 if projected:
                     torch.mm(m, w_hr_t, out=outs[t])  # (b, P)
                 continue
-            torch.addmm(x_t, h_prev, w_hh_t, out=z)  # (b, 4H)
-            if bias_hh is not None:
-                z.add_(bias_hh)
-            i, f, g, o = z.chunk(4, 1)  # each (b, H)
+            if_.sigmoid_()
+            g.tanh_()
+            o.sigmoid_()
             if training:
-                k_i, k_f, k_g, k_o, k_c, f_saved = steps[t][5:]
-                i.sigmoid_()
-                f = torch.sigmoid(f, out=f_saved)
-                g.tanh_()
-                o.sigmoid_()
+                k_i, k_f, k_g, k_o, k_c = steps[t][10:]
                 torch.mul(g, i, out=gi)
                 c = torch.mul(f, c_prev, out=k_f)  # f ⊙ c_prev, for now
                 c = torch.add(c, gi, out=c_outs[t])
@@ -330,9 +329,6 @@ class LSTMFunction(torch.autograd.Function):
                 torch.addcmul(gi, gi, i, value=-1, out=k_i)
                 k_f.addcmul_(k_f, f, value=-1)
             else:
-                z[:, : 2 * H].sigmoid_()
-                g.tanh_()
-                o.sigmoid_()
                 c = torch.mul(f, c_prev, out=c_outs[t])
                 c.addcmul_(i, g)
             torch.tanh(c, out=tc)
@@ -345,7 +341,7 @@ class LSTMFunction(torch.autograd.Function):
 
         ctx.lay, ctx.training = lay, training
         if training:
-            ctx.save_for_backward(k, lay.stacked_previous(h_buf, h_prevs), m_buf, weight_hh, weight_hr)
+            ctx.save_for_backward(k, acts, lay.stacked_previous(h_buf, h_prevs), m_buf, weight_hh, weight_hr)
         return out, lay.final(outs, h_init), lay.final(c_outs, c_init)
 
     @staticmethod
@@ -354,9 +350,9 @@ class LSTMFunction(torch.autograd.Function):
         if not ctx.training:
             raise RuntimeError("LSTMFunction ran with training=False, so it saved nothing to backpropagate "
                                "through; call it with training=True when a gradient is wanted")
-        k, h_prev, m_buf, weight_hh, weight_hr = ctx.saved_tensors
+        k, acts, h_prev, m_buf, weight_hh, weight_hr = ctx.saved_tensors
         lay = ctx.lay
-        N, H, P = lay.N, k.shape[1] // 6, h_prev.shape[1]
+        N, H, P = lay.N, k.shape[1] // 5, h_prev.shape[1]
         d_z = _workspace.empty(k, N, 4 * H)  # (N, 4H): d z = d x_proj
         dh = _grad_buffer(d_hn, (lay.B, P), k)  # (B, P): running ∂L/∂h
         dc = _grad_buffer(d_cn, (lay.B, H), k)  # (B, H): running ∂L/∂c
@@ -367,19 +363,19 @@ class LSTMFunction(torch.autograd.Function):
 
         steps = list(zip(lay.split(d_out), lay.split(d_z), lay.split(d_z[:, : 3 * H].view(N, 3, H)),
                          lay.split(d_z[:, 3 * H :]), lay.split(k[:, : 3 * H].view(N, 3, H)),
-                         lay.split(k[:, 3 * H : 4 * H]), lay.split(k[:, 4 * H : 5 * H]), lay.split(k[:, 5 * H :]),
+                         lay.split(k[:, 3 * H : 4 * H]), lay.split(k[:, 4 * H :]), lay.split(acts[:, H : 2 * H]),
                          lay.heads(dh), lay.heads(dc),
                          lay.split(dh_total) if projected else [None] * lay.T,
-                         lay.heads(dm_scratch) if projected else [None] * lay.T, lay.split(k)))
+                         lay.heads(dm_scratch) if projected else [None] * lay.T, lay.split(k), lay.split(acts)))
         kernel = triton_kernels.usable(k, TRITON)
         for t in lay.back_order:
-            d_out_t, dz, dz_ifg, dz_o, k_ifg, k_o, k_c, f, dh_t, dc_t, dht, dm, k_t = steps[t]
+            d_out_t, dz, dz_ifg, dz_o, k_ifg, k_o, k_c, f, dh_t, dc_t, dht, dm, k_t, acts_t = steps[t]
             if projected:
                 torch.add(dh_t, d_out_t, out=dht)
                 torch.mm(dht, weight_hr, out=dm)  # (b, H)
             if kernel:  # the same step as below, its pointwise part in one Triton kernel
                 triton_kernels.lstm_backward_step(dm if projected else dh_t, None if projected else d_out_t,
-                                                  dc_t, k_t, dz)
+                                                  dc_t, k_t, acts_t, dz)
                 torch.mm(dz, weight_hh, out=dh_t)  # (b, P)
                 continue
             if not projected:

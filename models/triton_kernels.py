@@ -48,26 +48,17 @@ def _kernels():
     imported, so the interpreter needs the variable set before the process imports triton."""
 
     @triton.jit
-    def lstm_forward(zh_ptr, x_ptr, b_ptr, cp_ptr, c_ptr, m_ptr, k_ptr, n, H,
-                     HAS_BIAS: tl.constexpr, TRAINING: tl.constexpr, BLOCK: tl.constexpr):
+    def lstm_forward(z_ptr, cp_ptr, c_ptr, m_ptr, k_ptr, n, H, TRAINING: tl.constexpr, BLOCK: tl.constexpr):
         e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = e < n
         row, col = e // H, e % H
-        g4 = row * 4 * H + col  # column col of gate i in the (b, 4H) rows
-        z_i = tl.load(zh_ptr + g4, mask=mask) + tl.load(x_ptr + g4, mask=mask)
-        z_f = tl.load(zh_ptr + g4 + H, mask=mask) + tl.load(x_ptr + g4 + H, mask=mask)
-        z_g = tl.load(zh_ptr + g4 + 2 * H, mask=mask) + tl.load(x_ptr + g4 + 2 * H, mask=mask)
-        z_o = tl.load(zh_ptr + g4 + 3 * H, mask=mask) + tl.load(x_ptr + g4 + 3 * H, mask=mask)
-        if HAS_BIAS:
-            z_i += tl.load(b_ptr + col, mask=mask)
-            z_f += tl.load(b_ptr + col + H, mask=mask)
-            z_g += tl.load(b_ptr + col + 2 * H, mask=mask)
-            z_o += tl.load(b_ptr + col + 3 * H, mask=mask)
-        i = tl.sigmoid(z_i)
-        f = tl.sigmoid(z_f)
+        g4 = row * 4 * H + col  # column col of gate i in the (b, 4H) rows of z
+        i = tl.sigmoid(tl.load(z_ptr + g4, mask=mask))
+        f = tl.sigmoid(tl.load(z_ptr + g4 + H, mask=mask))
+        z_g = tl.load(z_ptr + g4 + 2 * H, mask=mask)
         e_g = tl.exp(-2.0 * tl.abs(z_g))  # g = tanh(z_g), see the module docstring
         g = tl.where(z_g >= 0, (1.0 - e_g) / (1.0 + e_g), (e_g - 1.0) / (1.0 + e_g))
-        o = tl.sigmoid(z_o)
+        o = tl.sigmoid(tl.load(z_ptr + g4 + 3 * H, mask=mask))
         c_prev = tl.load(cp_ptr + e, mask=mask)
         c = f * c_prev + i * g
         e_c = tl.exp(-2.0 * tl.abs(c))  # tanh(c)
@@ -75,17 +66,17 @@ def _kernels():
         m = o * tc
         tl.store(c_ptr + e, c, mask=mask)
         tl.store(m_ptr + e, m, mask=mask)
-        if TRAINING:  # the backward's factors, as in LSTMFunction: k_i|k_f|k_g|k_o|k_c|f
-            k6 = row * 6 * H + col
-            tl.store(k_ptr + k6, g * i * (1.0 - i), mask=mask)
-            tl.store(k_ptr + k6 + H, c_prev * f * (1.0 - f), mask=mask)
-            tl.store(k_ptr + k6 + 2 * H, i * (1.0 - g * g), mask=mask)
-            tl.store(k_ptr + k6 + 3 * H, m - m * o, mask=mask)
-            tl.store(k_ptr + k6 + 4 * H, o - m * tc, mask=mask)
-            tl.store(k_ptr + k6 + 5 * H, f, mask=mask)
+        if TRAINING:  # f stays in z for the backward, with the factors k_i|k_f|k_g|k_o|k_c
+            tl.store(z_ptr + g4 + H, f, mask=mask)
+            k5 = row * 5 * H + col
+            tl.store(k_ptr + k5, g * i * (1.0 - i), mask=mask)
+            tl.store(k_ptr + k5 + H, c_prev * f * (1.0 - f), mask=mask)
+            tl.store(k_ptr + k5 + 2 * H, i * (1.0 - g * g), mask=mask)
+            tl.store(k_ptr + k5 + 3 * H, m - m * o, mask=mask)
+            tl.store(k_ptr + k5 + 4 * H, o - m * tc, mask=mask)
 
     @triton.jit
-    def lstm_backward(dm_ptr, dout_ptr, dc_ptr, k_ptr, dz_ptr, n, H,
+    def lstm_backward(dm_ptr, dout_ptr, dc_ptr, k_ptr, acts_ptr, dz_ptr, n, H,
                       ADD_DOUT: tl.constexpr, BLOCK: tl.constexpr):
         e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = e < n
@@ -93,14 +84,14 @@ def _kernels():
         dm = tl.load(dm_ptr + e, mask=mask)
         if ADD_DOUT:
             dm += tl.load(dout_ptr + e, mask=mask)
-        k6 = row * 6 * H + col
-        dc = tl.load(dc_ptr + e, mask=mask) + dm * tl.load(k_ptr + k6 + 4 * H, mask=mask)
+        k5 = row * 5 * H + col
+        dc = tl.load(dc_ptr + e, mask=mask) + dm * tl.load(k_ptr + k5 + 4 * H, mask=mask)
         g4 = row * 4 * H + col
-        tl.store(dz_ptr + g4, dc * tl.load(k_ptr + k6, mask=mask), mask=mask)
-        tl.store(dz_ptr + g4 + H, dc * tl.load(k_ptr + k6 + H, mask=mask), mask=mask)
-        tl.store(dz_ptr + g4 + 2 * H, dc * tl.load(k_ptr + k6 + 2 * H, mask=mask), mask=mask)
-        tl.store(dz_ptr + g4 + 3 * H, dm * tl.load(k_ptr + k6 + 3 * H, mask=mask), mask=mask)
-        tl.store(dc_ptr + e, dc * tl.load(k_ptr + k6 + 5 * H, mask=mask), mask=mask)
+        tl.store(dz_ptr + g4, dc * tl.load(k_ptr + k5, mask=mask), mask=mask)
+        tl.store(dz_ptr + g4 + H, dc * tl.load(k_ptr + k5 + H, mask=mask), mask=mask)
+        tl.store(dz_ptr + g4 + 2 * H, dc * tl.load(k_ptr + k5 + 2 * H, mask=mask), mask=mask)
+        tl.store(dz_ptr + g4 + 3 * H, dm * tl.load(k_ptr + k5 + 3 * H, mask=mask), mask=mask)
+        tl.store(dc_ptr + e, dc * tl.load(acts_ptr + g4 + H, mask=mask), mask=mask)  # dc ⊙ f
 
     @triton.jit
     def gru_forward(hh_ptr, x_ptr, b_ptr, hp_ptr, rz_ptr, n_ptr, h_ptr, n, H,
@@ -144,20 +135,20 @@ def _rows(t, width):
     return t
 
 
-def lstm_forward_step(zh, x_t, bias_hh, c_prev, c, m, k):
-    """i, f, g, o from z = zh + x_t (+ b_hh); writes c, m = o ⊙ tanh(c) and, if k is given, the
-    backward's factors k_i|k_f|k_g|k_o|k_c|f into k's (b, 6H) rows. Equals LSTMFunction's eager step."""
+def lstm_forward_step(z, c_prev, c, m, k):
+    """z = x_proj + b_hh + h_prev W_hhᵀ (b, 4H) → i, f, g, o; writes c and m = o ⊙ tanh(c) and, if k
+    is given, f into z and the backward's factors k_i|k_f|k_g|k_o|k_c into k's (b, 5H) rows. Equals
+    LSTMFunction's eager step."""
     b, H = c.shape
-    _launch("lstm_forward", b * H, _rows(zh, 4 * H), _rows(x_t, 4 * H), bias_hh if bias_hh is not None else zh,
-            _rows(c_prev, H), _rows(c, H), _rows(m, H), _rows(k, 6 * H) if k is not None else zh, b * H, H,
-            HAS_BIAS=bias_hh is not None, TRAINING=k is not None)
+    _launch("lstm_forward", b * H, _rows(z, 4 * H), _rows(c_prev, H), _rows(c, H), _rows(m, H),
+            _rows(k, 5 * H) if k is not None else z, b * H, H, TRAINING=k is not None)
 
 
-def lstm_backward_step(dm, d_out, dc, k, dz):
-    """dm (+ d_out) → dz (b, 4H), and dc updated in place to the dc the previous step receives."""
+def lstm_backward_step(dm, d_out, dc, k, acts, dz):
+    """dm (+ d_out) → dz (b, 4H), and dc updated in place to dc ⊙ f, what the previous step receives."""
     b, H = dc.shape
     _launch("lstm_backward", b * H, _rows(dm, H), _rows(d_out, H) if d_out is not None else dm, _rows(dc, H),
-            _rows(k, 6 * H), _rows(dz, 4 * H), b * H, H, ADD_DOUT=d_out is not None)
+            _rows(k, 5 * H), _rows(acts, 4 * H), _rows(dz, 4 * H), b * H, H, ADD_DOUT=d_out is not None)
 
 
 def gru_forward_step(hh, x_t, bias_hh, h_prev, rz, n, h):
