@@ -483,9 +483,15 @@ class GRUFunction(torch.autograd.Function):
         dh = _grad_buffer(d_hn, (lay.B, H), rz)  # (B, H)
         d_out = d_out.contiguous() if d_out is not None else rz.new_zeros(N, H)
         steps = list(zip(lay.split(d_out), lay.split(d_hh), lay.split(d_hh.view(N, 3, H)), lay.split(d_xn),
-                         lay.split(k), lay.split(k_n), lay.split(z), lay.heads(dh)))
+                         lay.split(k), lay.split(k_n), lay.split(z), lay.heads(dh), lay.split(k.view(N, 3 * H)),
+                         lay.split(rz)))
+        kernel = triton_kernels.usable(rz, TRITON)
         for t in lay.back_order:
-            d_out_t, dhh, dhh3, dxn, k_t, kn, z_t, dh_t = steps[t]
+            d_out_t, dhh, dhh3, dxn, k_t, kn, z_t, dh_t, k_rows, rz_t = steps[t]
+            if kernel:  # the same step as below, its pointwise part in one Triton kernel
+                triton_kernels.gru_backward_step(dh_t, d_out_t, k_rows, kn, rz_t, dhh, dxn)
+                dh_t.addmm_(dhh, weight_hh)  # (b, H)
+                continue
             dh_t.add_(d_out_t)
             torch.mul(dh_t.unsqueeze(1), k_t, out=dhh3)  # (b, 3, H)
             torch.mul(dh_t, kn, out=dxn)

@@ -16,6 +16,8 @@ and float64 and needs nothing outside `triton.language`.
 """
 import functools
 
+import torch
+
 try:
     import triton
     import triton.language as tl
@@ -32,8 +34,8 @@ def usable(tensor, mode="auto"):
     mode "auto": on CUDA when triton imports; "always": also on the CPU under triton's interpreter
     (TRITON_INTERPRET=1; for the tests); "never": the eager ops everywhere.
     """
-    if not AVAILABLE or mode == "never":
-        return False
+    if not AVAILABLE or mode == "never" or tensor.dtype not in (torch.float32, torch.float64):
+        return False  # half precision would need the math in float32 (tl.exp takes fp32/fp64): eager ops
     return tensor.is_cuda or (mode == "always" and interpreting())
 
 
@@ -120,7 +122,22 @@ def _kernels():
         tl.store(n_ptr + e, cand, mask=mask)
         tl.store(h_ptr + e, cand + z * (h_prev - cand), mask=mask)
 
-    return {"lstm_forward": lstm_forward, "lstm_backward": lstm_backward, "gru_forward": gru_forward}
+    @triton.jit
+    def gru_backward(dh_ptr, dout_ptr, k_ptr, kn_ptr, rz_ptr, dhh_ptr, dxn_ptr, n, H, BLOCK: tl.constexpr):
+        e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = e < n
+        row, col = e // H, e % H
+        dh = tl.load(dh_ptr + e, mask=mask) + tl.load(dout_ptr + e, mask=mask)
+        g3 = row * 3 * H + col
+        tl.store(dhh_ptr + g3, dh * tl.load(k_ptr + g3, mask=mask), mask=mask)
+        tl.store(dhh_ptr + g3 + H, dh * tl.load(k_ptr + g3 + H, mask=mask), mask=mask)
+        tl.store(dhh_ptr + g3 + 2 * H, dh * tl.load(k_ptr + g3 + 2 * H, mask=mask), mask=mask)
+        tl.store(dxn_ptr + e, dh * tl.load(kn_ptr + e, mask=mask), mask=mask)
+        z = tl.load(rz_ptr + row * 2 * H + H + col, mask=mask)
+        tl.store(dh_ptr + e, dh * z, mask=mask)  # the direct part of dh_prev; W_hh's part follows
+
+    return {"lstm_forward": lstm_forward, "lstm_backward": lstm_backward, "gru_forward": gru_forward,
+            "gru_backward": gru_backward}
 
 
 def _launch(name, n, *args, **constexprs):
@@ -157,3 +174,11 @@ def gru_forward_step(hh, x_t, bias_hh, h_prev, rz, n, h):
     _launch("gru_forward", b * H, _rows(hh, 3 * H), _rows(x_t, 3 * H), bias_hh if bias_hh is not None else hh,
             _rows(h_prev, H), _rows(rz, 2 * H), _rows(n, H), _rows(h, H), b * H, H,
             HAS_BIAS=bias_hh is not None)
+
+
+def gru_backward_step(dh, d_out, k, k_n, rz, d_hh, d_xn):
+    """dh += d_out; d_hh = dh ⊗ k (b, 3H); d_xn = dh ⊙ k_n; dh ⊙= z — GRUFunction's step before its
+    matmul dh += d_hh W_hh."""
+    b, H = dh.shape
+    _launch("gru_backward", b * H, _rows(dh, H), _rows(d_out, H), _rows(k, 3 * H), _rows(k_n, H),
+            _rows(rz, 2 * H), _rows(d_hh, 3 * H), _rows(d_xn, H), b * H, H)
