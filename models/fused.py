@@ -81,16 +81,17 @@ def fused_direction(mode, x_proj, batch_sizes, state, weight_hh, bias_hh, weight
 
 
 class _Workspace:
-    """Large CPU buffers reused across calls, because a fresh one costs more than the work in it.
+    """Large CPU buffers reused across calls, so that their pages are not faulted in anew each time.
 
     A new multi-megabyte tensor can come from the OS as untouched pages, and the first write to each
     page faults (~0.4 ms per MB on the 2-core test machine): ~300 faults, ~8% of the CPU time of an
-    LSTM training step at the MNIST shape, before this pool (~70 after). So the buffers of the sequence (activations, states, gradients) are taken from a
-    small pool and go back to it by themselves: a pooled buffer is free again when nothing but the
-    pool refers to its storage — not the autograd graph that saved it, not an output view a caller
-    kept, not a gradient in flight. Only CPU buffers of 256 KiB to 64 MiB are pooled (CUDA has its
-    caching allocator), at most four of a size, sixteen sizes. The storage use count is a private
-    torch API; if it is missing or behaves unexpectedly the pool turns itself off.
+    LSTM training step at the MNIST shape, before this pool (~70 after). So the buffers of the
+    sequence (activations, states, gradients) are taken from a small pool and go back to it by
+    themselves: a pooled buffer is free again when nothing but the pool refers to its storage — not
+    the autograd graph that saved it, not an output view a caller kept, not a gradient in flight.
+    Only CPU buffers of 256 KiB to 64 MiB are pooled (CUDA has its caching allocator), at most four
+    of a size, sixteen sizes. The storage use count is a private torch API; if it is missing or
+    behaves unexpectedly the pool turns itself off.
     """
 
     def __init__(self, per_size=4, sizes=16, min_bytes=256 << 10, max_bytes=64 << 20):
@@ -265,8 +266,8 @@ class LSTMFunction(torch.autograd.Function):
 
     What is saved. Collecting the factors that multiply dm and dc above,
 
-        k_c = o(1 − tanh²c)     k_o = tanh(c) o(1 − o)                       (∂m/∂c, ∂m/∂z_o)
-        k_i = g i(1 − i)        k_f = c_prev f(1 − f)     k_g = i(1 − g²)    (∂c/∂z_i, ∂c/∂z_f, ∂c/∂z_g)
+        k_c = o(1 − tanh²c)    k_o = tanh(c) o(1 − o)                      ∂m/∂c, ∂m/∂z_o
+        k_i = g i(1 − i)       k_f = c_prev f(1 − f)     k_g = i(1 − g²)    ∂c/∂z_i, ∂c/∂z_f, ∂c/∂z_g
 
     the backward step is five small ops and a matmul: dh += d_out[t]; dc += dm ⊙ k_c;
     [dz_i | dz_f | dz_g] = dc ⊗ [k_i | k_f | k_g]; dz_o = dm ⊙ k_o; dc ⊙= f; dh = dz W_hh. So the
