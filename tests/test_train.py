@@ -408,16 +408,18 @@ def _losses(config: Config) -> list[float]:
     return metrics["logged_loss"][:50]
 
 
-@pytest.mark.parametrize("cell, extra", [
-    ("lstm", {}),
-    ("gru", {}),
-    ("rnn", {}),
-    ("lstm", {"layers": 2, "bidirectional": True, "head": "all"}),
+@pytest.mark.parametrize("cell, extra, ours", [
+    ("lstm", {}, "ours"),
+    ("gru", {}, "ours"),
+    ("rnn", {}, "ours"),
+    ("lstm", {"layers": 2, "bidirectional": True, "head": "all"}, "ours"),
+    ("lstm", {}, "readable"),  # the plain per-step unroll a learner reads
+    ("gru", {}, "readable"),
 ])
-def test_training_parity_mnist(mnist_dir, tmp_path, cell, extra):
+def test_training_parity_mnist(mnist_dir, tmp_path, cell, extra, ours):
     pytest.importorskip("models")
     losses = {}
-    for impl in ("torch", "ours"):
+    for impl in ("torch", ours):
         config = resolve("mnist", dict(
             cell=cell, impl=impl, hidden=6, epochs=4, batch_size=4, dtype="float64", data_dir=str(mnist_dir),
             download=False, device="cpu", out=str(tmp_path / impl), quiet=True, plots=False, log_every=1,
@@ -425,7 +427,7 @@ def test_training_parity_mnist(mnist_dir, tmp_path, cell, extra):
         ))
         losses[impl] = _losses(config)
     assert len(losses["torch"]) == 50
-    torch.testing.assert_close(torch.tensor(losses["ours"]), torch.tensor(losses["torch"]), atol=1e-8, rtol=0)
+    torch.testing.assert_close(torch.tensor(losses[ours]), torch.tensor(losses["torch"]), atol=1e-8, rtol=0)
     assert losses["torch"][-1] < losses["torch"][0]
 
 
