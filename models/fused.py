@@ -90,12 +90,13 @@ class _Workspace:
     themselves: a pooled buffer is free again when nothing but the pool refers to its storage — not
     the autograd graph that saved it, not an output view a caller kept, not a gradient in flight.
     Only CPU buffers of 256 KiB to 64 MiB are pooled (CUDA has its caching allocator), at most four
-    of a size, sixteen sizes. The storage use count is a private torch API; if it is missing or
+    of a size, sixteen sizes, 256 MiB in all (least recently used sizes go first). The storage use count is a private torch API; if it is missing or
     behaves unexpectedly the pool turns itself off.
     """
 
-    def __init__(self, per_size=4, sizes=16, min_bytes=256 << 10, max_bytes=64 << 20):
+    def __init__(self, per_size=4, sizes=16, min_bytes=256 << 10, max_bytes=64 << 20, total_bytes=256 << 20):
         self.per_size, self.sizes, self.min_bytes, self.max_bytes = per_size, sizes, min_bytes, max_bytes
+        self.total_bytes = total_bytes  # what the pool may hold in all
         self.pool = {}  # (dtype, numel) -> [flat tensors], most recently used size last
         self.lock = threading.Lock()
         try:
@@ -129,8 +130,10 @@ class _Workspace:
             flat = like.new_empty(numel)
             if len(buffers) < self.per_size:
                 buffers.append(flat)
-            while len(self.pool) > self.sizes:
-                del self.pool[next(iter(self.pool))]
+            held = sum(b.numel() * b.element_size() for bs in self.pool.values() for b in bs)
+            while len(self.pool) > 1 and (len(self.pool) > self.sizes or held > self.total_bytes):
+                oldest = self.pool.pop(next(iter(self.pool)))  # the least recently used size
+                held -= sum(b.numel() * b.element_size() for b in oldest)
             return flat.view(shape)
 
 
@@ -443,7 +446,7 @@ class GRUFunction(torch.autograd.Function):
                          lay.split(hh[:, : 2 * H]), lay.split(hh[:, 2 * H :]), lay.split(rz),
                          lay.split(rz[:, :H]), lay.split(rz[:, H:]), lay.split(n_buf)))
         kernel = triton_kernels.usable(x_proj, TRITON)
-        xs = lay.split(x_proj)
+        xs = lay.split(x_proj.contiguous() if kernel else x_proj)  # the kernel indexes whole rows
         h_prevs = [None] * lay.T
         for t in lay.order:
             x_rz, x_n, hh_t, hh_rz, hh_n, rz_t, r, z, n = steps[t]

@@ -208,6 +208,30 @@ def test_fused_direction_equals_readable(mode, nonlinearity, proj, batch_sizes, 
         torch.testing.assert_close(a, b, **TIGHT)
 
 
+@pytest.mark.parametrize("mode", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_direction_takes_non_contiguous_inputs(mode, reverse):
+    """x_proj as a column slice (as a layer computing both directions' projections at once would
+    pass it) and states as transposed views give the readable path's results."""
+    batch_sizes, H = [3, 2, 2], 3
+    G = {"RNN": 1, "LSTM": 4, "GRU": 3}[mode]
+    gen = torch.Generator().manual_seed(4)
+    new = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_()  # noqa: E731
+    wide, h0_t, c0_t, w_hh, b_hh = new(7, 2 * G * H), new(H, 3), new(H, 3), new(G * H, H), new(G * H)
+    x_proj, state = wide[:, G * H :], (h0_t.t(), c0_t.t()) if mode == "LSTM" else (h0_t.t(),)
+    assert not x_proj.is_contiguous() and not state[0].is_contiguous()
+    results = []
+    for direction in (fused.fused_direction, readable_direction):
+        out, final = direction(mode, x_proj, batch_sizes, state, w_hh, b_hh, None, reverse, "tanh")
+        loss = sum((t * t.detach().cos()).sum() for t in (out, *final))
+        results.append([out, *final, *torch.autograd.grad(loss, [wide, h0_t, c0_t, w_hh, b_hh], allow_unused=True)])
+    for a, b in zip(*results):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, **TIGHT)
+
+
 # -- gradcheck of each Function ----------------------------------------------------------------------
 
 GRADCHECK_CASES = list(itertools.product([[3, 3], [3, 2, 1]], [False, True]))
