@@ -309,7 +309,8 @@ def _same_run(a, b):
 @pytest.mark.parametrize("stop_after", [4, 6])  # 4 steps = the end of epoch 1; 6 = mid epoch 2
 def test_resume_equals_uninterrupted_mnist(mnist_dir, tmp_path, stop_after):
     # Two layers with dropout: resuming must also restore the RNG that draws the dropout masks.
-    common = ["--epochs", "3", "--layers", "2", "--dropout", "0.3", "--log-every", "1"]
+    # Logged every 3 steps: a stop at step 4 must carry the half-filled logging interval over.
+    common = ["--epochs", "3", "--layers", "2", "--dropout", "0.3", "--log-every", "3"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert cli.main(small_mnist(mnist_dir, whole, *common)) == 0
     assert cli.main(small_mnist(mnist_dir, parts, *common, "--stop-after-steps", str(stop_after))) == 130
