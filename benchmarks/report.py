@@ -144,7 +144,7 @@ def plot(rows: List[dict], path: str, title: str = "") -> bool:
                 xs = [i + (k - (len(impls) - 1) / 2) * width for i, s in enumerate(shapes) if s in found]
                 ys = [found[s] for s in shapes if s in found]
                 bars = ax.bar(xs, ys, width, label=impl)
-                ax.bar_label(bars, labels=[f"{y:.2g}" for y in ys], fontsize=7)
+                ax.bar_label(bars, labels=[f"{y:.0f}" if y >= 10 else f"{y:.2g}" for y in ys], fontsize=7)
             ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")  # torch.nn
             ax.set_yscale("log")
             ax.set_ylim(*limits)
