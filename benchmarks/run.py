@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import shlex
 import statistics
 import sys
@@ -362,6 +363,14 @@ def run_case(cell: str, shape: Shape, args, device: torch.device, dtype: torch.d
 # -- entry point ------------------------------------------------------------------------------------
 
 
+def say(text: str) -> None:
+    """Print and flush; if the reader has gone (`| head`), go on quietly so the files still get written."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns the exit status (0 ok, 1 a check failed; the parser exits with 2)."""
     from . import report
@@ -373,7 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--device cuda: CUDA is not available here (no GPU, or a CPU-only build of torch "
                      f"{torch.__version__}); use --device cpu")
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    log = (lambda line: None) if args.quiet else say
 
     saved_threads = torch.get_num_threads()
     threads = args.threads or saved_threads
@@ -394,11 +403,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     info = report.machine_info(device, threads, args.dtype, args.min_run_time, args.rounds,
                                "python -m benchmarks " + shlex.join(argv), checked=not args.no_check)
     text = report.markdown(rows, info)
-    print(text)
+    # Files first: minutes of measurements must not be lost to a closed stdout (`| head`).
     if args.json:
         report.write_json(rows, args.json)
     if args.markdown:
         report.write_text(text, args.markdown)
     if args.plot:
         report.plot(rows, args.plot, title=info["device_name"])
+    say(text)
     return 0
