@@ -186,7 +186,7 @@ class RNNBase(nn.Module):
         if isinstance(input, PackedSequence):
             output = PackedSequence(output, input.batch_sizes, sorted_indices, unsorted_indices)
         else:
-            output = output.view(len(batch_sizes), batch, -1)  # (T, B, D·P)
+            output = output.view(len(batch_sizes), batch, output.shape[-1])  # (T, B, D·P)
             if not batched:
                 output, finals = output.squeeze(1), tuple(s.squeeze(1) for s in finals)
             elif self.batch_first:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence
 
 import models
-from reference import DEVICES, TIGHT, assert_equivalent, clone_inputs, impls
+from reference import DEVICES, TIGHT, assert_equivalent, clone_inputs, impls, leaves
 
 LAYERS = {
     "rnn_tanh": (models.RNN, nn.RNN, {"nonlinearity": "tanh"}),
@@ -247,3 +247,13 @@ def test_gate_trace_matches_the_layer(kind):
         assert v.shape == (6, 4)
     out, _ = ours(x)
     torch.testing.assert_close(trace["h"], out, **TIGHT)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("kind", LAYERS)
+def test_empty_batch_like_torch(kind, impl):
+    options = {"bidirectional": True, **({"proj_size": 2} if kind == "lstm" else {})}
+    ours, ref = make_pair(kind, 3, 4, impl, **options)
+    x = torch.randn(5, 0, 3, dtype=torch.float64)
+    for a, b in zip(leaves(ours(x)), leaves(ref(x))):
+        assert a.shape == b.shape
