@@ -16,14 +16,14 @@ def unroll(step, x_proj, batch_sizes, state, reverse=False):
     state: tuple of initial states, each (B, ·), B = max(batch_sizes); the first one is the output.
     Returns the outputs (N, ·) in the same layout and the tuple of final states.
     """
-    offsets = [0]
-    for b in batch_sizes:
-        offsets.append(offsets[-1] + b)
+    # split, not slicing in the loop: autograd then sums one gradient per piece instead of
+    # building a zero tensor the size of the whole sequence for every step (quadratic in T).
+    x_steps = x_proj.split(batch_sizes)  # T tensors of (batch_sizes[t], G·H)
     outputs = [None] * len(batch_sizes)
     steps = range(len(batch_sizes) - 1, -1, -1) if reverse else range(len(batch_sizes))
     for t in steps:
         b = batch_sizes[t]
-        new = step(x_proj[offsets[t] : offsets[t + 1]], *(s[:b] for s in state))
+        new = step(x_steps[t], *(s[:b] for s in state))
         new = new if isinstance(new, tuple) else (new,)
         # Sequences that have ended (or, backwards, not yet begun) keep their state.
         state = tuple(n if b == s.shape[0] else torch.cat([n, s[b:]]) for n, s in zip(new, state))
