@@ -6,13 +6,22 @@ initial states and of every named parameter.
 """
 import pytest
 import torch
+from torch import nn
 from torch.nn.utils.rnn import PackedSequence
+
+import models
 
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
 ]
 TIGHT = {"atol": 1e-10, "rtol": 1e-10}  # float64
+LAYERS = {  # name: (ours, torch.nn's, extra constructor arguments)
+    "rnn_tanh": (models.RNN, nn.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (models.RNN, nn.RNN, {"nonlinearity": "relu"}),
+    "lstm": (models.LSTM, nn.LSTM, {}),
+    "gru": (models.GRU, nn.GRU, {}),
+}
 
 
 def impls():

@@ -12,23 +12,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import models
 from models import fused
 from models.layers import readable_direction, select_direction
+from reference import DEVICES, LAYERS, TIGHT, assert_equivalent, clone_inputs
 
-TIGHT = {"atol": 1e-10, "rtol": 1e-10}
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
-]
-KINDS = {  # name: (ours, torch.nn's, extra constructor arguments)
-    "rnn_tanh": (models.RNN, nn.RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (models.RNN, nn.RNN, {"nonlinearity": "relu"}),
-    "lstm": (models.LSTM, nn.LSTM, {}),
-    "gru": (models.GRU, nn.GRU, {}),
-}
+KINDS = LAYERS  # name: (ours, torch.nn's, extra constructor arguments)
 
 
 def make_pair(kind, input_size, hidden_size, impl="fused", seed=0, dtype=torch.float64, device="cpu", **options):
@@ -56,47 +47,8 @@ def make_inputs(kind, module, steps, batch, lengths=None, with_state=True, seed=
     return x, ((h0, new(layers, batch, module.hidden_size)) if kind == "lstm" else h0)
 
 
-def tensors(tree):
-    if isinstance(tree, PackedSequence):
-        return [tree.data]
-    if isinstance(tree, (tuple, list)):
-        return [t for item in tree for t in tensors(item)]
-    return [] if tree is None else [tree]
-
-
-def run(module, x, hx):
-    """Outputs and final states, then the gradients of a fixed random loss w.r.t. x, hx and parameters."""
-    outs = tensors(module(x, hx))
-    gen = torch.Generator().manual_seed(2)
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype).to(o.device)).sum() for o in outs)
-    names, params = zip(*module.named_parameters())
-    wrt = tensors(x) + tensors(hx)
-    grads = torch.autograd.grad(loss, wrt + list(params))
-    # The input's gradient is taken w.r.t. the padded tensor, so it does not depend on the packing.
-    return outs, grads[: len(wrt)], dict(zip(names, grads[len(wrt):]))
-
-
-def clone(tree):
-    if tree is None:
-        return None
-    if isinstance(tree, PackedSequence):
-        return PackedSequence(clone(tree.data), tree.batch_sizes, tree.sorted_indices, tree.unsorted_indices)
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(clone(t) for t in tree)
-    return tree.detach().clone().requires_grad_(tree.requires_grad)
-
-
 def assert_same(ours, ref, x, hx, **tol):
-    out_a, gin_a, gp_a = run(ours, x, hx)
-    out_b, gin_b, gp_b = run(ref, clone(x), clone(hx))
-    assert len(out_a) == len(out_b)
-    for a, b in zip(out_a, out_b):
-        torch.testing.assert_close(a, b, **tol)
-    for a, b in zip(gin_a, gin_b):
-        torch.testing.assert_close(a, b, **tol)
-    assert gp_a.keys() == gp_b.keys()
-    for name in gp_a:
-        torch.testing.assert_close(gp_a[name], gp_b[name], **tol, msg=lambda m: f"grad of {name}: {m}")
+    assert_equivalent(ours, ref, [x, hx], clone_inputs([x, hx]), **tol)
 
 
 # -- against torch.nn ------------------------------------------------------------------------------

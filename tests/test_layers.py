@@ -14,14 +14,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence
 
 import models
-from reference import DEVICES, TIGHT, assert_equivalent, clone_inputs, impls, leaves
+from reference import DEVICES, LAYERS, TIGHT, assert_equivalent, clone_inputs, impls, leaves
 
-LAYERS = {
-    "rnn_tanh": (models.RNN, nn.RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (models.RNN, nn.RNN, {"nonlinearity": "relu"}),
-    "lstm": (models.LSTM, nn.LSTM, {}),
-    "gru": (models.GRU, nn.GRU, {}),
-}
 IMPLS = impls()
 
 
