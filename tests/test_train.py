@@ -112,10 +112,12 @@ def test_mnist_end_to_end(mnist_dir, tmp_path, cell):
     assert state["epoch"] == 2 and "rnn.weight_ih_l0" in state["model"]
 
 
-def test_mnist_learns_and_plots(mnist_dir, tmp_path):
+@pytest.mark.parametrize("impl", ["ours", "torch"])  # torch: the gate trace comes from our copy of it
+def test_mnist_learns_and_plots(mnist_dir, tmp_path, impl):
     pytest.importorskip("matplotlib")
     out = tmp_path / "run"
-    argv = small_mnist(mnist_dir, out, "--hidden", "16", "--epochs", "4", "--batch-size", "8", "--lr", "0.02")
+    argv = small_mnist(mnist_dir, out, "--hidden", "16", "--epochs", "4", "--batch-size", "8", "--lr", "0.02",
+                       "--impl", impl)
     argv.remove("--no-plots")
     assert cli.main(argv) == 0
     m = metrics_of(out)
@@ -142,6 +144,18 @@ def test_mnist_options(mnist_dir, tmp_path, extra):
     if "--preset" in extra:
         # the preset sets what was not given; what was given wins
         assert m["config"]["lr"] == 1e-3 and m["config"]["batch_size"] == 16 and m["config"]["hidden"] == 8
+
+
+def test_plots_skipped_without_matplotlib(mnist_dir, tmp_path, monkeypatch, capsys):
+    from train import plots
+
+    monkeypatch.setattr(plots, "_pyplot", lambda: None)  # as if `import matplotlib` failed
+    out = tmp_path / "run"
+    argv = small_mnist(mnist_dir, out)
+    argv.remove("--no-plots")
+    assert cli.main(argv) == 0
+    assert "plots skipped: matplotlib is not installed" in capsys.readouterr().out
+    assert metrics_of(out)["status"] == "completed" and not list(out.glob("*.png"))
 
 
 def test_sine_end_to_end(tmp_path):
