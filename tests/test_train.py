@@ -131,6 +131,7 @@ def test_mnist_learns_and_plots(mnist_dir, tmp_path, impl):
     ["--order", "pixels", "--train-limit", "16", "--test-limit", "8", "--hidden", "4"],
     ["--order", "permuted", "--train-limit", "16", "--test-limit", "8", "--hidden", "4"],
     ["--head", "all", "--bidirectional", "--layers", "2", "--dropout", "0.2"],
+    ["--bidirectional", "--cell", "gru"],
     ["--preset", "lstm64", "--hidden", "8", "--epochs", "1", "--train-limit", "32"],
     ["--impl", "torch", "--dtype", "float64", "--schedule", "cosine", "--optimizer", "sgd"],
 ])
