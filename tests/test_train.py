@@ -487,3 +487,18 @@ def test_real_mnist(tmp_path):
             "--device", "cpu", "--quiet", "--no-plots", "--no-download", "--impl", "torch"]
     assert cli.main(argv) == 0
     assert metrics_of(out)["test_accuracy"] > 0.5
+
+
+def test_bidirectional_last_step_features_are_the_top_layer_h_n():
+    from train.models import SequenceClassifier
+
+    torch.manual_seed(0)
+    rnn = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+    model = SequenceClassifier(rnn, "last", steps=5)
+    captured = {}
+    model.head.register_forward_hook(lambda module, args, output: captured.update(features=args[0]))
+    x = torch.randn(2, 5, 3)
+    model(x)
+    _, (h_n, _) = rnn(x)  # (layers·2, B, H)
+    top = torch.cat([h_n[-2], h_n[-1]], dim=1)  # forward and backward final states of the top layer
+    torch.testing.assert_close(captured["features"], top)
