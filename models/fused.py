@@ -51,8 +51,9 @@ TRITON = "auto"
 def fused_supported(device):
     """Whether impl="auto" should take this path on `device`.
 
-    CPU: measured faster than the readable path for all three cells, and than torch.nn for RNN and
-    GRU training. CUDA: fewer launches than the readable path by construction (one matmul and one
+    CPU: training measured faster than the readable path at every shape of
+    benchmarks/results/cpu.md (GRU at pixel MNIST about equal), and faster than torch.nn for RNN and
+    GRU at the MNIST shape. CUDA: fewer launches than the readable path by construction (one matmul and one
     Triton kernel per step with triton installed), not yet timed against cuDNN. Elsewhere (mps, …)
     it is untested, so "auto" keeps the readable path there.
     """
