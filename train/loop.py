@@ -538,7 +538,7 @@ def _epoch_line(config: Config, r: dict[str, Any]) -> str:
 def _final_line(config: Config, m: dict[str, Any], out: pathlib.Path) -> str:
     what = (f"test accuracy {m['test_accuracy']:.2%}" if config.task == "mnist"
             else f"test MSE {m['test_mse']:.2e} (after a {config.burn_in}-step burn-in)")
-    return (f"{what} — {config.cell} {config.impl}, {len(m['epochs'])} epochs, {m['wall_seconds']:.1f} s on "
+    return (f"{what} — {config.cell} {config.impl}, {len(m['epochs'])} epoch{'s' if len(m['epochs']) != 1 else ''}, {m['wall_seconds']:.1f} s on "
             f"{m['device']} — {out / 'metrics.json'}")
 
 
