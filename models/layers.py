@@ -29,6 +29,7 @@ from cells._base import init_uniform
 from cells._checks import ShapeError, check_floating, check_size, check_state, shape_str
 from cells.rnn import check_nonlinearity
 
+from .fused import fused_direction, fused_supported
 from .unroll import unroll
 
 GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
@@ -48,17 +49,9 @@ def readable_direction(mode, x_proj, batch_sizes, state, weight_hh, bias_hh, wei
 
 def select_direction(impl, device):
     """The function that runs one direction of one layer for `impl` on `device`."""
-    if impl == "readable":
+    if impl == "readable" or (impl == "auto" and not fused_supported(device)):
         return readable_direction
-    try:
-        from .fused import fused_direction, fused_supported
-    except ImportError:  # the fast path is optional; the readable one always works
-        fused_direction, fused_supported = None, lambda device: False
-    if impl == "fused":
-        if fused_direction is None:
-            raise RuntimeError("impl='fused' is not available: models.fused could not be imported")
-        return fused_direction
-    return fused_direction if fused_supported(device) else readable_direction
+    return fused_direction
 
 
 class RNNBase(nn.Module):
