@@ -32,20 +32,35 @@ backward is a hand-written loop, not an autograd graph. The Functions are `once_
 differentiating their gradients raises torch's RuntimeError "trying to differentiate twice a function
 that was marked with @once_differentiable"; use `impl="readable"` for that.
 
-On CUDA the same loop runs with torch ops; `models.triton_kernels`, when triton imports, replaces each
-step's gate math by one Triton kernel to cut the per-step launch count.
+Each step's gate math can run as one kernel instead of a dozen torch ops: on the CPU
+`models.cpu_kernels` (C++, compiled on first use; the eager ops are dispatch-bound at these sizes), on
+CUDA `models.triton_kernels` when triton imports (the eager ops are launch-bound). The kernels do the
+same arithmetic as the eager lines under them, which stay as the reference and the fallback.
 """
 import threading
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import triton_kernels
+from . import cpu_kernels, triton_kernels
 
 # When the steps' gate math runs as one Triton kernel: "auto" (on CUDA when triton imports),
 # "always" (also on the CPU under TRITON_INTERPRET=1, which is how the tests check the kernels) or
 # "never". See models/triton_kernels.py.
 TRITON = "auto"
+# When it runs as one compiled C++ kernel on the CPU: "auto" (when the kernels build; see
+# models/cpu_kernels.py) or "never" (the eager ops below, which the tests also check).
+CPU_KERNELS = "auto"
+
+
+def step_kernels(like):
+    """The module whose functions run each step's gate math for tensors like `like`, or None for the
+    eager ops: Triton's where usable, else the CPU kernels where usable."""
+    if triton_kernels.usable(like, TRITON):
+        return triton_kernels
+    if cpu_kernels.usable(like, CPU_KERNELS):
+        return cpu_kernels
+    return None
 
 
 def fused_supported(device):
@@ -298,41 +313,41 @@ class LSTMFunction(torch.autograd.Function):
         # matmul in place (no copy of x_t) and turns z into the activations i | f | g | o in place.
         acts = _workspace.empty(x_proj, lay.N, 4 * H)  # (N, 4H)
         torch.add(x_proj, bias_hh, out=acts) if bias_hh is not None else acts.copy_(x_proj)
-        tc_buf = x_proj.new_empty(lay.B, H)  # (B, H): tanh(c)
-        gi_buf = x_proj.new_empty(lay.B, H)  # (B, H): g ⊙ i
         projected = weight_hr is not None
         m_buf = _workspace.empty(x_proj, lay.N if training else lay.B, H) if projected else None  # o ⊙ tanh(c)
         k = _workspace.empty(x_proj, lay.N, 5 * H) if training else None  # (N, 5H): k_i|k_f|k_g|k_o|k_c
         w_hh_t, w_hr_t = _transposed(weight_hh), (_transposed(weight_hr) if projected else None)
 
-        per_step = [lay.split(acts), lay.split(acts[:, : 2 * H])]
-        per_step += [lay.split(acts[:, j * H : (j + 1) * H]) for j in range(4)]  # i, f, g, o
-        per_step += [lay.heads(tc_buf), lay.heads(gi_buf)]
-        if projected:
-            per_step.append(lay.split(m_buf) if training else lay.heads(m_buf))
-        else:
-            per_step.append(outs)
-        per_step.append(lay.split(k) if training else [None] * lay.T)
-        if training:
-            per_step += [lay.split(k[:, j * H : (j + 1) * H]) for j in range(5)]
-        steps = list(zip(*per_step))
-        kernel = triton_kernels.usable(x_proj, TRITON)
-        h_prevs, c_prevs = [None] * lay.T, [None] * lay.T
+        zs = lay.split(acts)
+        ms = (lay.split(m_buf) if training else lay.heads(m_buf)) if projected else outs  # m = o ⊙ tanh(c)
+        ks = lay.split(k) if training else [None] * lay.T
+        kernels = step_kernels(x_proj)
+        if not kernels:  # the eager step's views, built once
+            tc_buf = x_proj.new_empty(lay.B, H)  # (B, H): tanh(c)
+            gi_buf = x_proj.new_empty(lay.B, H)  # (B, H): g ⊙ i
+            per_step = [lay.split(acts[:, : 2 * H])]
+            per_step += [lay.split(acts[:, j * H : (j + 1) * H]) for j in range(4)]  # i, f, g, o
+            per_step += [lay.heads(tc_buf), lay.heads(gi_buf)]
+            if training:
+                per_step += [lay.split(k[:, j * H : (j + 1) * H]) for j in range(5)]
+            eager = list(zip(*per_step))
+        h_prevs = [None] * lay.T
         for t in lay.order:
-            z, if_, i, f, g, o, tc, gi, m, k_t = steps[t][:10]
+            z, m = zs[t], ms[t]
             h_prev = h_prevs[t] = lay.previous(t, outs, h_init)
-            c_prev = c_prevs[t] = lay.previous(t, c_outs, c_init)
+            c_prev = lay.previous(t, c_outs, c_init)
             z.addmm_(h_prev, w_hh_t)  # (b, 4H)
-            if kernel:  # the same step as below, its gate math in one Triton kernel
-                triton_kernels.lstm_forward_step(z, c_prev, c_outs[t], m, k_t)
+            if kernels:  # the same step as below, its gate math in one kernel
+                kernels.lstm_forward_step(z, c_prev, c_outs[t], m, ks[t])
                 if projected:
                     torch.mm(m, w_hr_t, out=outs[t])  # (b, P)
                 continue
+            if_, i, f, g, o, tc, gi = eager[t][:7]
             if_.sigmoid_()
             g.tanh_()
             o.sigmoid_()
             if training:
-                k_i, k_f, k_g, k_o, k_c = steps[t][10:]
+                k_i, k_f, k_g, k_o, k_c = eager[t][7:]
                 torch.mul(g, i, out=gi)
                 c = torch.mul(f, c_prev, out=k_f)  # f ⊙ c_prev, for now
                 c = torch.add(c, gi, out=c_outs[t])
@@ -372,23 +387,26 @@ class LSTMFunction(torch.autograd.Function):
         dh_total = _workspace.empty(k, N, P) if projected else None  # (N, P): dh of every step, for dW_hr
         dm_scratch = k.new_empty(lay.B, H) if projected else None  # (B, H)
 
-        steps = list(zip(lay.split(d_out), lay.split(d_z), lay.split(d_z[:, : 3 * H].view(N, 3, H)),
-                         lay.split(d_z[:, 3 * H :]), lay.split(k[:, : 3 * H].view(N, 3, H)),
-                         lay.split(k[:, 3 * H : 4 * H]), lay.split(k[:, 4 * H :]), lay.split(acts[:, H : 2 * H]),
-                         lay.heads(dh), lay.heads(dc),
-                         lay.split(dh_total) if projected else [None] * lay.T,
-                         lay.heads(dm_scratch) if projected else [None] * lay.T, lay.split(k), lay.split(acts)))
-        kernel = triton_kernels.usable(k, TRITON)
+        d_outs, dzs, ks, actss, dhs, dcs = (lay.split(d_out), lay.split(d_z), lay.split(k), lay.split(acts),
+                                            lay.heads(dh), lay.heads(dc))
+        dh_totals = lay.split(dh_total) if projected else [None] * lay.T
+        dms = lay.heads(dm_scratch) if projected else [None] * lay.T
+        kernels = step_kernels(k)
+        if not kernels:  # the eager step's views, built once
+            eager = list(zip(lay.split(d_z[:, : 3 * H].view(N, 3, H)), lay.split(d_z[:, 3 * H :]),
+                             lay.split(k[:, : 3 * H].view(N, 3, H)), lay.split(k[:, 3 * H : 4 * H]),
+                             lay.split(k[:, 4 * H :]), lay.split(acts[:, H : 2 * H])))
         for t in lay.back_order:
-            d_out_t, dz, dz_ifg, dz_o, k_ifg, k_o, k_c, f, dh_t, dc_t, dht, dm, k_t, acts_t = steps[t]
+            d_out_t, dz, dh_t, dc_t, dm = d_outs[t], dzs[t], dhs[t], dcs[t], dms[t]
             if projected:
-                torch.add(dh_t, d_out_t, out=dht)
-                torch.mm(dht, weight_hr, out=dm)  # (b, H)
-            if kernel:  # the same step as below, its pointwise part in one Triton kernel
-                triton_kernels.lstm_backward_step(dm if projected else dh_t, None if projected else d_out_t,
-                                                  dc_t, k_t, acts_t, dz)
+                torch.add(dh_t, d_out_t, out=dh_totals[t])
+                torch.mm(dh_totals[t], weight_hr, out=dm)  # (b, H)
+            if kernels:  # the same step as below, its pointwise part in one kernel
+                kernels.lstm_backward_step(dm if projected else dh_t, None if projected else d_out_t,
+                                           dc_t, ks[t], actss[t], dz)
                 torch.mm(dz, weight_hh, out=dh_t)  # (b, P)
                 continue
+            dz_ifg, dz_o, k_ifg, k_o, k_c, f = eager[t]
             if not projected:
                 dm = dh_t.add_(d_out_t)  # (b, H)
             dc_t.addcmul_(dm, k_c)
@@ -449,19 +467,22 @@ class GRUFunction(torch.autograd.Function):
         rz = _workspace.empty(x_proj, lay.N, 2 * H)  # (N, 2H): r | z
         n_buf = _workspace.empty(x_proj, lay.N, H)  # (N, H)
         w_hh_t = _transposed(weight_hh)
-        steps = list(zip(lay.split(x_proj[:, : 2 * H]), lay.split(x_proj[:, 2 * H :]), lay.split(hh),
-                         lay.split(hh[:, : 2 * H]), lay.split(hh[:, 2 * H :]), lay.split(rz),
-                         lay.split(rz[:, :H]), lay.split(rz[:, H:]), lay.split(n_buf)))
-        kernel = triton_kernels.usable(x_proj, TRITON)
-        xs = lay.split(x_proj.contiguous() if kernel else x_proj)  # the kernel indexes whole rows
+        kernels = step_kernels(x_proj)
+        xs = lay.split(x_proj.contiguous() if kernels else x_proj)
+        hhs, rzs, ns = lay.split(hh), lay.split(rz), lay.split(n_buf)
+        if not kernels:  # the eager step's views, built once
+            eager = list(zip(lay.split(x_proj[:, : 2 * H]), lay.split(x_proj[:, 2 * H :]),
+                             lay.split(hh[:, : 2 * H]), lay.split(hh[:, 2 * H :]), lay.split(rz[:, :H]),
+                             lay.split(rz[:, H:])))
         h_prevs = [None] * lay.T
         for t in lay.order:
-            x_rz, x_n, hh_t, hh_rz, hh_n, rz_t, r, z, n = steps[t]
+            hh_t, rz_t, n = hhs[t], rzs[t], ns[t]
             h_prev = h_prevs[t] = lay.previous(t, outs, h_init)
-            if kernel:  # the same step as below, its gate math in one Triton kernel
+            if kernels:  # the same step as below, its gate math in one kernel (xs[t]: whole rows)
                 torch.mm(h_prev, w_hh_t, out=hh_t)  # (b, 3H)
-                triton_kernels.gru_forward_step(hh_t, xs[t], bias_hh, h_prev, rz_t, n, outs[t])
+                kernels.gru_forward_step(hh_t, xs[t], bias_hh, h_prev, rz_t, n, outs[t])
                 continue
+            x_rz, x_n, hh_rz, hh_n, r, z = eager[t]
             if bias_hh is not None:
                 torch.addmm(bias_hh, h_prev, w_hh_t, out=hh_t)  # (b, 3H)
             else:
@@ -493,16 +514,19 @@ class GRUFunction(torch.autograd.Function):
         d_xn = _workspace.empty(rz, N, H)  # (N, H): dn_pre
         dh = _grad_buffer(d_hn, (lay.B, H), rz)  # (B, H)
         d_out = d_out.contiguous() if d_out is not None else rz.new_zeros(N, H)
-        steps = list(zip(lay.split(d_out), lay.split(d_hh), lay.split(d_hh.view(N, 3, H)), lay.split(d_xn),
-                         lay.split(k), lay.split(k_n), lay.split(z), lay.heads(dh), lay.split(k.view(N, 3 * H)),
-                         lay.split(rz)))
-        kernel = triton_kernels.usable(rz, TRITON)
+        d_outs, dhhs, dxns, k_rows, kns, rzs, dhs = (lay.split(d_out), lay.split(d_hh), lay.split(d_xn),
+                                                     lay.split(k.view(N, 3 * H)), lay.split(k_n), lay.split(rz),
+                                                     lay.heads(dh))
+        kernels = step_kernels(rz)
+        if not kernels:  # the eager step's views, built once
+            eager = list(zip(lay.split(d_hh.view(N, 3, H)), lay.split(k), lay.split(z)))
         for t in lay.back_order:
-            d_out_t, dhh, dhh3, dxn, k_t, kn, z_t, dh_t, k_rows, rz_t = steps[t]
-            if kernel:  # the same step as below, its pointwise part in one Triton kernel
-                triton_kernels.gru_backward_step(dh_t, d_out_t, k_rows, kn, rz_t, dhh, dxn)
+            d_out_t, dhh, dxn, kn, dh_t = d_outs[t], dhhs[t], dxns[t], kns[t], dhs[t]
+            if kernels:  # the same step as below, its pointwise part in one kernel
+                kernels.gru_backward_step(dh_t, d_out_t, k_rows[t], kn, rzs[t], dhh, dxn)
                 dh_t.addmm_(dhh, weight_hh)  # (b, H)
                 continue
+            dhh3, k_t, z_t = eager[t]
             dh_t.add_(d_out_t)
             torch.mul(dh_t.unsqueeze(1), k_t, out=dhh3)  # (b, 3, H)
             torch.mul(dh_t, kn, out=dxn)
@@ -543,11 +567,13 @@ class RNNFunction(torch.autograd.Function):
         w_hh_t = _transposed(weight_hh)
         xs = lay.split(x_b)
         tanh = nonlinearity == "tanh"
+        # torch's CPU tanh measured 3–5× slower than its sigmoid at these sizes; the kernel's is not
+        act = torch.Tensor.relu_ if not tanh else (
+            cpu_kernels.tanh_ if step_kernels(x_proj) is cpu_kernels else torch.Tensor.tanh_)
         h_prevs = [None] * lay.T
         for t in lay.order:
             h_prev = h_prevs[t] = lay.previous(t, outs, h_init)
-            h = torch.addmm(xs[t], h_prev, w_hh_t, out=outs[t])  # (b, H)
-            h.tanh_() if tanh else h.relu_()
+            act(torch.addmm(xs[t], h_prev, w_hh_t, out=outs[t]))  # (b, H)
 
         ctx.lay, ctx.tanh = lay, tanh
         ctx.save_for_backward(out, lay.stacked_previous(h_buf, h_prevs), weight_hh)
