@@ -9,9 +9,10 @@
   what its backward needs: the gate activations, the states and the recurrent matmul's inputs.
 - **per-step weight gradients.** The backward walks the sequence in reverse with one recurrent matmul
   per step (dh_prev = dz W_hh); the weight and bias gradients are one matmul / one sum over all steps
-  after the loop: dW_hh = dZᵀ H_prev, db_hh = Σ_rows dZ. The gradient of x_proj is dZ itself, so the
-  layer's `F.linear(x, weight_ih, bias_ih)` turns it into the input, weight_ih and bias_ih
-  gradients with one matmul each.
+  after the loop: dW_hh = dZᵀ H_prev, db_hh = Σ_rows dZ. The input projection
+  x_proj = x W_ihᵀ + b_ih of all steps is one matmul before the loop, inside the Function, and the
+  gradient of x_proj is dZ itself, so dW_ih = dZᵀ X, dx = dZ W_ih and db_ih = Σ_rows dZ (the same sum
+  as db_hh, where the cell adds both biases alike) are one op each.
 - **allocations and Python in the hot loop.** Every buffer is allocated once per call (large CPU
   ones come from a pool reused across calls, `_Workspace`); the loop reads per-step views made by
   one `split(batch_sizes)` per buffer, and writes with in-place ops and `out=`. The factors of the
@@ -75,7 +76,8 @@ def fused_supported(device):
     return torch.device(device).type in ("cpu", "cuda")
 
 
-def fused_direction(mode, x_proj, batch_sizes, state, weight_hh, bias_hh, weight_hr, reverse, nonlinearity):
+def fused_direction(mode, x, weight_ih, bias_ih, batch_sizes, state, weight_hh, bias_hh, weight_hr, reverse,
+                    nonlinearity):
     """One direction of one layer through the hand-derived Functions; returns (out (N, P), final states).
 
     Same arguments and results as `models.layers.readable_direction`.
@@ -85,18 +87,49 @@ def fused_direction(mode, x_proj, batch_sizes, state, weight_hh, bias_hh, weight
         # Inside forward, grad mode is always off and needs_input_grad ignores it, so the Function
         # learns here whether a backward can follow (and it must save what that backward needs).
         training = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x_proj, *state, weight_hh, bias_hh, weight_hr))
-        out, h, c = LSTMFunction.apply(x_proj, state[0], state[1], weight_hh, bias_hh, weight_hr,
+            t is not None and t.requires_grad
+            for t in (x, weight_ih, bias_ih, *state, weight_hh, bias_hh, weight_hr))
+        out, h, c = LSTMFunction.apply(x, weight_ih, bias_ih, state[0], state[1], weight_hh, bias_hh, weight_hr,
                                        batch_sizes, bool(reverse), training)
         return out, (h, c)
     if mode == "GRU":
-        out, h = GRUFunction.apply(x_proj, state[0], weight_hh, bias_hh, batch_sizes, bool(reverse))
+        out, h = GRUFunction.apply(x, weight_ih, bias_ih, state[0], weight_hh, bias_hh, batch_sizes, bool(reverse))
         return out, (h,)
     if mode == "RNN":
-        out, h = RNNFunction.apply(x_proj, state[0], weight_hh, bias_hh, batch_sizes, bool(reverse),
+        out, h = RNNFunction.apply(x, weight_ih, bias_ih, state[0], weight_hh, bias_hh, batch_sizes, bool(reverse),
                                    nonlinearity)
         return out, (h,)
     raise ValueError(f"mode must be 'RNN', 'LSTM' or 'GRU', got {mode!r}")
+
+
+def _input_projection(x, weight_ih, *biases):
+    """x W_ihᵀ + the biases that are not None: (N, G·H), the whole sequence's input in one matmul.
+
+    The biases are summed first (b_ih + b_hh: both shift every step's pre-activation alike) and the
+    result comes from the buffer pool: allocating it anew for every call measured slower on the CPU.
+    """
+    out = _workspace.empty(x, x.shape[0], weight_ih.shape[0])  # (N, G·H)
+    present = [b for b in biases if b is not None]
+    if not present:
+        return torch.mm(x, weight_ih.t(), out=out)
+    bias = present[0] if len(present) == 1 else present[0] + present[1]
+    return torch.addmm(bias, x, weight_ih.t(), out=out)
+
+
+def _input_grads(need, d_proj, x, weight_ih, bias_grads):
+    """The gradients of x, W_ih and each bias from d x_proj (N, G·H), as needs_input_grad asks.
+
+    x_proj = x W_ihᵀ + b:  dx = d x_proj W_ih,  dW_ih = d x_projᵀ x,  db = Σ_rows d x_proj, the same
+    sum for every bias that was added (each gets its own copy: they are different parameters' grads).
+    """
+    d_x = torch.mm(d_proj, weight_ih) if need[0] else None  # (N, I)
+    d_w_ih = torch.mm(d_proj.t(), x) if need[1] else None  # (G·H, I)
+    d_b = d_proj.sum(0) if any(bias_grads) else None  # (G·H,)
+    d_biases, shared = [], False
+    for wanted in bias_grads:
+        d_biases.append((d_b.clone() if shared else d_b) if wanted else None)
+        shared |= bool(wanted)
+    return (d_x, d_w_ih, *d_biases)
 
 
 # -- buffers -----------------------------------------------------------------------------------------
@@ -235,12 +268,6 @@ class _Layout:
         return [views[b] for b in self.sizes]
 
 
-def _transposed(weight):
-    """Wᵀ laid out row-major: BLAS runs h Wᵀ ~15% faster on CPU than on the transposed view, and one
-    copy per call is cheap next to T matmuls."""
-    return weight.t().contiguous() if weight.device.type == "cpu" else weight.t()
-
-
 def _grad_buffer(grad, shape, like):
     """A writable, contiguous copy of an incoming gradient (zeros where autograd gave none)."""
     if grad is None:
@@ -254,8 +281,8 @@ def _grad_buffer(grad, shape, like):
 class LSTMFunction(torch.autograd.Function):
     """One LSTM direction, forward and hand-derived backward through time (optionally projected).
 
-    apply(x_proj (N, 4H), h0 (B, P), c0 (B, H), weight_hh (4H, P), bias_hh (4H,) or None,
-          weight_hr (P, H) or None, batch_sizes, reverse, training=True)
+    apply(x (N, I), weight_ih (4H, I), bias_ih (4H,) or None, h0 (B, P), c0 (B, H), weight_hh (4H, P),
+          bias_hh (4H,) or None, weight_hr (P, H) or None, batch_sizes, reverse, training=True)
         -> (out (N, P), h_n (B, P), c_n (B, H))
 
     `training=False` (the caller knows no backward will follow: no_grad, or nothing requires grad)
@@ -263,7 +290,7 @@ class LSTMFunction(torch.autograd.Function):
 
     Forward, one step in the code's names (`cells/lstm.py` has the same equations):
 
-        z  = x_proj + b_hh + h_prev W_hhᵀ             (b, 4H) = [z_i | z_f | z_g | z_o]
+        z  = x_proj + h_prev W_hhᵀ     x_proj = x W_ihᵀ + b_ih + b_hh    (b, 4H) = [z_i | z_f | z_g | z_o]
         i  = σ(z_i)   f = σ(z_f)   g = tanh(z_g)   o = σ(z_o)
         c  = f ⊙ c_prev + i ⊙ g
         m  = o ⊙ tanh(c)
@@ -286,7 +313,7 @@ class LSTMFunction(torch.autograd.Function):
         dh_prev = dz W_hh                              (b, P): the one matmul per step
 
     and dz is also d x_proj. After the loop, over all steps at once: dW_hh = dZᵀ H_prev (4H, P),
-    db_hh = Σ dZ, dW_hr = DHᵀ M (P, H). Rows of a step that are inactive (packed sequences) keep their
+    db_hh = db_ih = Σ dZ, dW_hr = DHᵀ M (P, H), dW_ih = dZᵀ X (4H, I), dx = dZ W_ih (N, I). Rows of a step that are inactive (packed sequences) keep their
     dh and dc, mirroring the forward, so the initial states' gradients come out of the same buffers.
 
     What is saved. Collecting the factors that multiply dm and dc above,
@@ -300,23 +327,28 @@ class LSTMFunction(torch.autograd.Function):
     fused op: with m = o ⊙ tanh(c) already there, k_c = o − m ⊙ tanh(c) and k_o = m − m ⊙ o
     (`torch.addcmul(…, value=-1)`); likewise k_i = gi − gi ⊙ i with gi = g ⊙ i,
     k_f = cf − cf ⊙ f with cf = f ⊙ c_prev, k_g = i − gi ⊙ g. The activations (N, 4H), computed in
-    place over z = x_proj + b_hh + h_prev W_hhᵀ, are saved too, for f. Under no_grad no k is written.
+    place over z = x_proj + h_prev W_hhᵀ, are saved too, for f. Under no_grad no k is written.
+    (With the compiled step kernels, `models.cpu_kernels` / `models.triton_kernels`, a step writes c,
+    m, f and the k's in one pass, from the same formulas.)
     """
 
     @staticmethod
-    def forward(ctx, x_proj, h0, c0, weight_hh, bias_hh, weight_hr, batch_sizes, reverse, training=True):
+    def forward(ctx, x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr, batch_sizes, reverse,
+                training=True):
         lay = _Layout(batch_sizes, reverse)
         H = c0.shape[1]
-        h_buf, out, outs, h_init = lay.history(h0, x_proj)  # (N + B, P)
-        c_buf, _, c_outs, c_init = lay.history(c0, x_proj)  # (N + B, H)
-        # b_hh shifts every step's z alike, so it joins x_proj once; each step then adds its recurrent
-        # matmul in place (no copy of x_t) and turns z into the activations i | f | g | o in place.
-        acts = _workspace.empty(x_proj, lay.N, 4 * H)  # (N, 4H)
-        torch.add(x_proj, bias_hh, out=acts) if bias_hh is not None else acts.copy_(x_proj)
+        h_buf, out, outs, h_init = lay.history(h0, x)  # (N + B, P)
+        c_buf, _, c_outs, c_init = lay.history(c0, x)  # (N + B, H)
+        # x_proj for all steps in one matmul, with b_ih + b_hh (both shift every step's z alike); each
+        # step then adds its recurrent matmul in place (no copy of x_t) and turns z into the
+        # activations i | f | g | o in place.
+        acts = x_proj = _input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
         projected = weight_hr is not None
         m_buf = _workspace.empty(x_proj, lay.N if training else lay.B, H) if projected else None  # o ⊙ tanh(c)
         k = _workspace.empty(x_proj, lay.N, 5 * H) if training else None  # (N, 5H): k_i|k_f|k_g|k_o|k_c
-        w_hh_t, w_hr_t = _transposed(weight_hh), (_transposed(weight_hr) if projected else None)
+        # Wᵀ as a view: a row-major copy of it made a Xeon's matmuls ~15% faster, but on the 2-core EPYC
+        # the whole LSTM training step measured 4% slower with the copy (interleaved A/B), so no copy.
+        w_hh_t, w_hr_t = weight_hh.t(), (weight_hr.t() if projected else None)
 
         zs = lay.split(acts)
         ms = (lay.split(m_buf) if training else lay.heads(m_buf)) if projected else outs  # m = o ⊙ tanh(c)
@@ -367,7 +399,8 @@ class LSTMFunction(torch.autograd.Function):
 
         ctx.lay, ctx.training = lay, training
         if training:
-            ctx.save_for_backward(k, acts, lay.stacked_previous(h_buf, h_prevs), m_buf, weight_hh, weight_hr)
+            ctx.save_for_backward(k, acts, lay.stacked_previous(h_buf, h_prevs), m_buf, weight_hh, weight_hr,
+                                  x, weight_ih)
         return out, lay.final(outs, h_init), lay.final(c_outs, c_init)
 
     @staticmethod
@@ -376,7 +409,7 @@ class LSTMFunction(torch.autograd.Function):
         if not ctx.training:
             raise RuntimeError("LSTMFunction ran with training=False, so it saved nothing to backpropagate "
                                "through; call it with training=True when a gradient is wanted")
-        k, acts, h_prev, m_buf, weight_hh, weight_hr = ctx.saved_tensors
+        k, acts, h_prev, m_buf, weight_hh, weight_hr, x, weight_ih = ctx.saved_tensors
         lay = ctx.lay
         N, H, P = lay.N, k.shape[1] // 5, h_prev.shape[1]
         d_z = _workspace.empty(k, N, 4 * H)  # (N, 4H): d z = d x_proj
@@ -416,10 +449,10 @@ class LSTMFunction(torch.autograd.Function):
             torch.mm(dz, weight_hh, out=dh_t)  # (b, P)
 
         need = ctx.needs_input_grad
-        d_w_hh = torch.mm(d_z.t(), h_prev) if need[3] else None  # (4H, P)
-        d_b_hh = d_z.sum(0) if need[4] else None  # (4H,)
-        d_w_hr = torch.mm(dh_total.t(), m_buf) if projected and need[5] else None  # (P, H)
-        return d_z, dh, dc, d_w_hh, d_b_hh, d_w_hr, None, None, None
+        d_x, d_w_ih, d_b_ih, d_b_hh = _input_grads(need, d_z, x, weight_ih, (need[2], need[6]))
+        d_w_hh = torch.mm(d_z.t(), h_prev) if need[5] else None  # (4H, P)
+        d_w_hr = torch.mm(dh_total.t(), m_buf) if projected and need[7] else None  # (P, H)
+        return d_x, d_w_ih, d_b_ih, dh, dc, d_w_hh, d_b_hh, d_w_hr, None, None, None
 
 
 # -- GRU --------------------------------------------------------------------------------------------
@@ -428,10 +461,11 @@ class LSTMFunction(torch.autograd.Function):
 class GRUFunction(torch.autograd.Function):
     """One GRU direction (torch's GRU), forward and hand-derived backward through time.
 
-    apply(x_proj (N, 3H), h0 (B, H), weight_hh (3H, H), bias_hh (3H,) or None, batch_sizes, reverse)
-        -> (out (N, H), h_n (B, H))
+    apply(x (N, I), weight_ih (3H, I), bias_ih (3H,) or None, h0 (B, H), weight_hh (3H, H),
+          bias_hh (3H,) or None, batch_sizes, reverse) -> (out (N, H), h_n (B, H))
 
-    Forward, one step in the code's names (`cells/gru.py`); x_proj = [x_r | x_z | x_n] and the
+    Forward, one step in the code's names (`cells/gru.py`); x_proj = x W_ihᵀ + b_ih = [x_r | x_z | x_n]
+    for all steps in one matmul before the loop, and the
     recurrent matmul hh = [hh_r | hh_z | hh_n] keeps the whole b_hh, because b_hn sits inside
     r ⊙ (W_hn h + b_hn) and cannot be folded into x_proj:
 
@@ -452,23 +486,25 @@ class GRUFunction(torch.autograd.Function):
         d x_proj = [dr_pre | dz_pre | dn_pre]       d hh = [dr_pre | dz_pre | dn_pre ⊙ r]
         dh_prev  = dh ⊙ z + d hh W_hh               (b, H): the one matmul per step
 
-    and after the loop dW_hh = d HHᵀ H_prev (3H, H), db_hh = Σ d HH. Every factor multiplying dh is
+    and after the loop dW_hh = d HHᵀ H_prev (3H, H), db_hh = Σ d HH, and from d x_proj:
+    dW_ih = d X_projᵀ X, db_ih = Σ d X_proj, dx = d X_proj W_ih. Every factor multiplying dh is
     computed for all steps before the loop — k_n = (1 − z)(1 − n²), then
     k = [k_n hh_n r(1 − r) | (h_prev − n) z(1 − z) | k_n r] — so a step is: dh += d_out[t];
     d hh = dh ⊗ k; dn_pre = dh ⊙ k_n; dh ⊙= z; dh += d hh W_hh.
     """
 
     @staticmethod
-    def forward(ctx, x_proj, h0, weight_hh, bias_hh, batch_sizes, reverse):
+    def forward(ctx, x, weight_ih, bias_ih, h0, weight_hh, bias_hh, batch_sizes, reverse):
         lay = _Layout(batch_sizes, reverse)
         H = h0.shape[1]
+        x_proj = _input_projection(x, weight_ih, bias_ih)  # (N, 3H)
         h_buf, out, outs, h_init = lay.history(h0, x_proj)  # (N + B, H)
         hh = _workspace.empty(x_proj, lay.N, 3 * H)  # (N, 3H): h_prev W_hhᵀ + b_hh
         rz = _workspace.empty(x_proj, lay.N, 2 * H)  # (N, 2H): r | z
         n_buf = _workspace.empty(x_proj, lay.N, H)  # (N, H)
-        w_hh_t = _transposed(weight_hh)
+        w_hh_t = weight_hh.t()
         kernels = step_kernels(x_proj)
-        xs = lay.split(x_proj.contiguous() if kernels else x_proj)
+        xs = lay.split(x_proj)
         hhs, rzs, ns = lay.split(hh), lay.split(rz), lay.split(n_buf)
         if not kernels:  # the eager step's views, built once
             eager = list(zip(lay.split(x_proj[:, : 2 * H]), lay.split(x_proj[:, 2 * H :]),
@@ -492,13 +528,13 @@ class GRUFunction(torch.autograd.Function):
             torch.lerp(n, h_prev, z, out=outs[t])  # n + z ⊙ (h_prev − n)
 
         ctx.lay = lay
-        ctx.save_for_backward(rz, n_buf, hh, lay.stacked_previous(h_buf, h_prevs), weight_hh)
+        ctx.save_for_backward(rz, n_buf, hh, lay.stacked_previous(h_buf, h_prevs), weight_hh, x, weight_ih)
         return out, lay.final(outs, h_init)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_hn):
-        rz, n, hh, h_prev, weight_hh = ctx.saved_tensors
+        rz, n, hh, h_prev, weight_hh, x, weight_ih = ctx.saved_tensors
         lay = ctx.lay
         N, H = lay.N, n.shape[1]
         r, z = rz.chunk(2, 1)  # each (N, H)
@@ -533,10 +569,13 @@ class GRUFunction(torch.autograd.Function):
             dh_t.mul_(z_t).addmm_(dhh, weight_hh)  # (b, H)
 
         need = ctx.needs_input_grad
-        d_x = torch.cat((d_hh[:, : 2 * H], d_xn), 1) if need[0] else None  # (N, 3H)
-        d_w_hh = torch.mm(d_hh.t(), h_prev) if need[2] else None  # (3H, H)
-        d_b_hh = d_hh.sum(0) if need[3] else None  # (3H,)
-        return d_x, dh, d_w_hh, d_b_hh, None, None
+        d_x, d_w_ih, d_b_ih = (None, None, None)
+        if any(need[:3]):
+            d_proj = torch.cat((d_hh[:, : 2 * H], d_xn), 1)  # (N, 3H): d x_proj
+            d_x, d_w_ih, d_b_ih = _input_grads(need, d_proj, x, weight_ih, (need[2],))
+        d_w_hh = torch.mm(d_hh.t(), h_prev) if need[4] else None  # (3H, H)
+        d_b_hh = d_hh.sum(0) if need[5] else None  # (3H,)
+        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None
 
 
 # -- RNN --------------------------------------------------------------------------------------------
@@ -545,27 +584,28 @@ class GRUFunction(torch.autograd.Function):
 class RNNFunction(torch.autograd.Function):
     """One Elman RNN direction, forward and hand-derived backward through time.
 
-    apply(x_proj (N, H), h0 (B, H), weight_hh (H, H), bias_hh (H,) or None, batch_sizes, reverse,
-          nonlinearity) -> (out (N, H), h_n (B, H))
+    apply(x (N, I), weight_ih (H, I), bias_ih (H,) or None, h0 (B, H), weight_hh (H, H),
+          bias_hh (H,) or None, batch_sizes, reverse, nonlinearity) -> (out (N, H), h_n (B, H))
 
-    Forward (`cells/rnn.py`), b_hh folded into x_proj once:   h = φ(x_proj + b_hh + h_prev W_hhᵀ).
+    Forward (`cells/rnn.py`), with x_proj = x W_ihᵀ + b_ih + b_hh for all steps in one matmul:
+        h = φ(x_proj + h_prev W_hhᵀ).
     Saved: every h, which is also φ's derivative: tanh' = 1 − h², relu' = [h > 0] (torch's choice at
     0, where relu is not differentiable).
 
     Backward, with dh the output's gradient plus what step t+1 sends back:
         dz = dh ⊙ φ'          dh_prev = dz W_hh  (b, H)          d x_proj = dz
-    and after the loop dW_hh = dZᵀ H_prev, db_hh = Σ dZ.
+    and after the loop dW_hh = dZᵀ H_prev, db_hh = db_ih = Σ dZ, dW_ih = dZᵀ X, dx = dZ W_ih.
     """
 
     @staticmethod
-    def forward(ctx, x_proj, h0, weight_hh, bias_hh, batch_sizes, reverse, nonlinearity):
+    def forward(ctx, x, weight_ih, bias_ih, h0, weight_hh, bias_hh, batch_sizes, reverse, nonlinearity):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         lay = _Layout(batch_sizes, reverse)
-        x_b = x_proj + bias_hh if bias_hh is not None else x_proj  # (N, H), read only
+        x_proj = _input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, H), read only
         h_buf, out, outs, h_init = lay.history(h0, x_proj)  # (N + B, H)
-        w_hh_t = _transposed(weight_hh)
-        xs = lay.split(x_b)
+        w_hh_t = weight_hh.t()
+        xs = lay.split(x_proj)
         tanh = nonlinearity == "tanh"
         # torch's CPU tanh measured 3–5× slower than its sigmoid at these sizes; the kernel's is not
         act = torch.Tensor.relu_ if not tanh else (
@@ -576,13 +616,13 @@ class RNNFunction(torch.autograd.Function):
             act(torch.addmm(xs[t], h_prev, w_hh_t, out=outs[t]))  # (b, H)
 
         ctx.lay, ctx.tanh = lay, tanh
-        ctx.save_for_backward(out, lay.stacked_previous(h_buf, h_prevs), weight_hh)
+        ctx.save_for_backward(out, lay.stacked_previous(h_buf, h_prevs), weight_hh, x, weight_ih)
         return out, lay.final(outs, h_init)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_hn):
-        out, h_prev, weight_hh = ctx.saved_tensors
+        out, h_prev, weight_hh, x, weight_ih = ctx.saved_tensors
         lay = ctx.lay
         N, H = lay.N, out.shape[1]
         slope = 1 - out * out if ctx.tanh else (out > 0).to(out.dtype)  # (N, H): φ'
@@ -596,6 +636,6 @@ class RNNFunction(torch.autograd.Function):
             torch.mm(dz, weight_hh, out=dh_t)  # (b, H)
 
         need = ctx.needs_input_grad
-        d_w_hh = torch.mm(d_z.t(), h_prev) if need[2] else None  # (H, H)
-        d_b_hh = d_z.sum(0) if need[3] else None  # (H,)
-        return d_z, dh, d_w_hh, d_b_hh, None, None, None
+        d_x, d_w_ih, d_b_ih, d_b_hh = _input_grads(need, d_z, x, weight_ih, (need[2], need[5]))
+        d_w_hh = torch.mm(d_z.t(), h_prev) if need[4] else None  # (H, H)
+        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None, None

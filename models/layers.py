@@ -36,8 +36,13 @@ GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
 IMPLS = ("auto", "readable", "fused")
 
 
-def readable_direction(mode, x_proj, batch_sizes, state, weight_hh, bias_hh, weight_hr, reverse, nonlinearity):
-    """One direction of one layer through the cell's readable step; returns (out (N, P), final states)."""
+def readable_direction(mode, x, weight_ih, bias_ih, batch_sizes, state, weight_hh, bias_hh, weight_hr, reverse,
+                       nonlinearity):
+    """One direction of one layer through the cell's readable step; returns (out (N, P), final states).
+
+    x: (N, I) the layer's input in the packed layout; state: the initial states, each (B, ·).
+    """
+    x_proj = F.linear(x, weight_ih, bias_ih)  # (N, G·H): the whole sequence's input in one matmul
     if mode == "LSTM":
         step = partial(lstm_step, weight_hh=weight_hh, bias_hh=bias_hh, weight_hr=weight_hr)
     elif mode == "GRU":
@@ -217,9 +222,8 @@ class RNNBase(nn.Module):
             outputs = []
             for direction in range(directions):
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._weights(layer, direction)
-                x_proj = F.linear(x, w_ih, b_ih)  # (N, G·H): the whole sequence's input in one matmul
                 index = layer * directions + direction
-                out, state = run_direction(self.mode, x_proj, batch_sizes, tuple(s[index] for s in states),
+                out, state = run_direction(self.mode, x, w_ih, b_ih, batch_sizes, tuple(s[index] for s in states),
                                            w_hh, b_hh, w_hr, direction == 1, self.nonlinearity)
                 outputs.append(out)
                 for f, s in zip(finals, state):

@@ -130,15 +130,16 @@ def test_default_impl_is_fused_on_cpu_and_readable_stays_selectable(kind):
 
 
 def direction_inputs(mode, batch_sizes, input_hidden=(4, 3), proj=0, bias=True, seed=0):
+    """(x, w_ih, b_ih, state, w_hh, b_hh, w_hr) for one direction of one layer, all requiring grad."""
     gen = torch.Generator().manual_seed(seed)
-    H = input_hidden[1]
+    I, H = input_hidden
     P = proj or H
     G = {"RNN": 1, "LSTM": 4, "GRU": 3}[mode]
     new = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_()  # noqa: E731
     B, N = batch_sizes[0], sum(batch_sizes)
     state = (new(B, P), new(B, H)) if mode == "LSTM" else (new(B, H),)
-    return (new(N, G * H), state, new(G * H, P), new(G * H) if bias else None,
-            new(P, H) if proj else None)
+    return (new(N, I), new(G * H, I), new(G * H) if bias else None, state, new(G * H, P),
+            new(G * H) if bias else None, new(P, H) if proj else None)
 
 
 @pytest.mark.parametrize("mode,nonlinearity,proj", [
@@ -147,13 +148,13 @@ def direction_inputs(mode, batch_sizes, input_hidden=(4, 3), proj=0, bias=True, 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_fused_direction_equals_readable(mode, nonlinearity, proj, batch_sizes, reverse):
     """The same Function outputs and gradients as autograd through the cells' readable steps."""
-    x_proj, state, w_hh, b_hh, w_hr = direction_inputs(mode, batch_sizes, proj=proj)
+    x, w_ih, b_ih, state, w_hh, b_hh, w_hr = direction_inputs(mode, batch_sizes, proj=proj)
     results = []
     for direction in (fused.fused_direction, readable_direction):
-        out, final = direction(mode, x_proj, batch_sizes, state, w_hh, b_hh, w_hr, reverse, nonlinearity)
+        out, final = direction(mode, x, w_ih, b_ih, batch_sizes, state, w_hh, b_hh, w_hr, reverse, nonlinearity)
         gen = torch.Generator().manual_seed(3)
         loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in (out, *final))
-        wrt = [x_proj, *state, w_hh, b_hh] + ([w_hr] if w_hr is not None else [])
+        wrt = [x, w_ih, b_ih, *state, w_hh, b_hh] + ([w_hr] if w_hr is not None else [])
         results.append([out, *final, *torch.autograd.grad(loss, wrt)])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, **TIGHT)
@@ -162,20 +163,22 @@ def test_fused_direction_equals_readable(mode, nonlinearity, proj, batch_sizes, 
 @pytest.mark.parametrize("mode", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_fused_direction_takes_non_contiguous_inputs(mode, reverse):
-    """x_proj as a column slice (as a layer computing both directions' projections at once would
-    pass it) and states as transposed views give the readable path's results."""
-    batch_sizes, H = [3, 2, 2], 3
+    """x as a column slice (as the second direction's half of a bidirectional layer's output), W_ih
+    and the states as transposed views give the readable path's results."""
+    batch_sizes, I, H = [3, 2, 2], 4, 3
     G = {"RNN": 1, "LSTM": 4, "GRU": 3}[mode]
     gen = torch.Generator().manual_seed(4)
     new = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_()  # noqa: E731
-    wide, h0_t, c0_t, w_hh, b_hh = new(7, 2 * G * H), new(H, 3), new(H, 3), new(G * H, H), new(G * H)
-    x_proj, state = wide[:, G * H :], (h0_t.t(), c0_t.t()) if mode == "LSTM" else (h0_t.t(),)
-    assert not x_proj.is_contiguous() and not state[0].is_contiguous()
+    wide, w_ih_t, b_ih = new(7, 2 * I), new(I, G * H), new(G * H)
+    h0_t, c0_t, w_hh, b_hh = new(H, 3), new(H, 3), new(G * H, H), new(G * H)
+    x, w_ih, state = wide[:, I:], w_ih_t.t(), (h0_t.t(), c0_t.t()) if mode == "LSTM" else (h0_t.t(),)
+    assert not x.is_contiguous() and not w_ih.is_contiguous() and not state[0].is_contiguous()
     results = []
     for direction in (fused.fused_direction, readable_direction):
-        out, final = direction(mode, x_proj, batch_sizes, state, w_hh, b_hh, None, reverse, "tanh")
+        out, final = direction(mode, x, w_ih, b_ih, batch_sizes, state, w_hh, b_hh, None, reverse, "tanh")
         loss = sum((t * t.detach().cos()).sum() for t in (out, *final))
-        results.append([out, *final, *torch.autograd.grad(loss, [wide, h0_t, c0_t, w_hh, b_hh], allow_unused=True)])
+        wrt = [wide, w_ih_t, b_ih, h0_t, c0_t, w_hh, b_hh]
+        results.append([out, *final, *torch.autograd.grad(loss, wrt, allow_unused=True)])
     for a, b in zip(*results):
         if a is None or b is None:
             assert a is None and b is None
@@ -191,25 +194,25 @@ GRADCHECK_CASES = list(itertools.product([[3, 3], [3, 2, 1]], [False, True]))
 @pytest.mark.parametrize("batch_sizes,reverse", GRADCHECK_CASES)
 @pytest.mark.parametrize("proj,bias", [(0, True), (2, True), (0, False)])
 def test_gradcheck_lstm_function(batch_sizes, reverse, proj, bias):
-    x_proj, (h0, c0), w_hh, b_hh, w_hr = direction_inputs("LSTM", batch_sizes, (4, 3), proj, bias)
+    x, w_ih, b_ih, (h0, c0), w_hh, b_hh, w_hr = direction_inputs("LSTM", batch_sizes, (4, 3), proj, bias)
     fn = lambda *a: fused.LSTMFunction.apply(*a, tuple(batch_sizes), reverse)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x_proj, h0, c0, w_hh, b_hh, w_hr))
+    assert torch.autograd.gradcheck(fn, (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr))
 
 
 @pytest.mark.parametrize("batch_sizes,reverse", GRADCHECK_CASES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_gradcheck_gru_function(batch_sizes, reverse, bias):
-    x_proj, (h0,), w_hh, b_hh, _ = direction_inputs("GRU", batch_sizes, bias=bias)
+    x, w_ih, b_ih, (h0,), w_hh, b_hh, _ = direction_inputs("GRU", batch_sizes, bias=bias)
     fn = lambda *a: fused.GRUFunction.apply(*a, tuple(batch_sizes), reverse)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x_proj, h0, w_hh, b_hh))
+    assert torch.autograd.gradcheck(fn, (x, w_ih, b_ih, h0, w_hh, b_hh))
 
 
 @pytest.mark.parametrize("batch_sizes,reverse", GRADCHECK_CASES)
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_gradcheck_rnn_function(batch_sizes, reverse, nonlinearity):
-    x_proj, (h0,), w_hh, b_hh, _ = direction_inputs("RNN", batch_sizes)
+    x, w_ih, b_ih, (h0,), w_hh, b_hh, _ = direction_inputs("RNN", batch_sizes)
     fn = lambda *a: fused.RNNFunction.apply(*a, tuple(batch_sizes), reverse, nonlinearity)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x_proj, h0, w_hh, b_hh))
+    assert torch.autograd.gradcheck(fn, (x, w_ih, b_ih, h0, w_hh, b_hh))
 
 
 # -- what the fast path does not do, and says so -------------------------------------------------------
@@ -238,7 +241,7 @@ def test_frozen_weights_and_states_without_grad():
 
 def test_unknown_mode_is_reported():
     with pytest.raises(ValueError, match="mode"):
-        fused.fused_direction("LSTN", None, [1], (None,), None, None, None, False, "tanh")
+        fused.fused_direction("LSTN", None, None, None, [1], (None,), None, None, None, False, "tanh")
 
 
 # -- the Triton kernels, on the CPU through triton's interpreter ---------------------------------------
