@@ -35,6 +35,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math"]
+# Where a compiler does not know -march=native (some for ARM), the build is tried again without it.
+PORTABLE_FLAGS = [f for f in FLAGS if f != "-march=native"]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _P = ctypes.c_void_p
 _N = ctypes.c_int64
@@ -86,15 +88,16 @@ def _build(compiler):
     fd, partial = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial], capture_output=True, text=True,
-                              timeout=300)
-        if done.returncode != 0:
-            raise RuntimeError(f"{compiler} exited with {done.returncode}:\n{done.stderr.strip()[-2000:]}")
-        os.replace(partial, target)
+        for flags in (FLAGS, PORTABLE_FLAGS):
+            done = subprocess.run([compiler, *flags, str(SOURCE), "-o", partial], capture_output=True, text=True,
+                                  timeout=300)
+            if done.returncode == 0:
+                os.replace(partial, target)
+                return target
+        raise RuntimeError(f"{compiler} exited with {done.returncode}:\n{done.stderr.strip()[-2000:]}")
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
-    return target
 
 
 @functools.lru_cache(maxsize=None)

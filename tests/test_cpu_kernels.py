@@ -1,0 +1,191 @@
+"""The compiled CPU step kernels (`models.cpu_kernels`): against torch's math, and the fused path
+with and without them against torch.nn.
+
+The float64 equivalence tests of test_fused.py already run through the kernels (they are the CPU
+default); here the eager fallback gets the same check, the float32 kernels are compared with
+torch's sigmoid/tanh (their exp is our own polynomial), and building and not building are tested.
+"""
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from models import cpu_kernels, fused
+from reference import LAYERS, TIGHT, clone_inputs, forward_and_grads
+from test_fused import OPTIONS, assert_same, make_inputs, make_pair
+
+needs_kernels = pytest.mark.skipif(not cpu_kernels.available(),
+                                   reason="the CPU step kernels did not build here (no C++ compiler?)")
+
+
+def test_the_kernels_build_where_a_compiler_is():
+    if shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"):
+        assert cpu_kernels.available()
+        assert fused.step_kernels(torch.zeros(1)) is cpu_kernels
+        assert fused.step_kernels(torch.zeros(1, dtype=torch.float16)) is None  # eager ops for half
+    else:
+        pytest.skip("no C++ compiler on this machine")
+
+
+# -- the fused path, with and without the kernels, against torch.nn -------------------------------------
+
+
+@pytest.mark.parametrize("cpu_kernels_mode", ["auto", "never"])
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("num_layers,bidirectional,proj_size,lengths,with_state", OPTIONS)
+def test_fused_with_and_without_kernels_equals_torch(kind, num_layers, bidirectional, proj_size, lengths,
+                                                     with_state, cpu_kernels_mode, monkeypatch):
+    monkeypatch.setattr(fused, "CPU_KERNELS", cpu_kernels_mode)
+    ours, ref = make_pair(kind, 3, 4, num_layers=num_layers, bidirectional=bidirectional)
+    assert_same(ours, ref, *make_inputs(kind, ours, 5, 4, lengths, with_state), **TIGHT)
+
+
+@pytest.mark.parametrize("cpu_kernels_mode", ["auto", "never"])
+def test_lstm_projection_with_and_without_kernels_equals_torch(cpu_kernels_mode, monkeypatch):
+    monkeypatch.setattr(fused, "CPU_KERNELS", cpu_kernels_mode)
+    ours, ref = make_pair("lstm", 3, 5, num_layers=2, bidirectional=True, proj_size=2)
+    assert_same(ours, ref, *make_inputs("lstm", ours, 4, 3, [4, 1, 3], True), **TIGHT)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", LAYERS)
+def test_float32_kernels_equal_torch_at_the_mnist_shape(kind):
+    """float32 at a realistic size (64 × 28 steps, hidden 128): the kernels' own exp stays within
+    float32 rounding of torch.nn over the whole sequence, forward and backward. A parameter's gradient
+    sums 1792 positions, so its tolerance is relative to its largest element (as in the benchmark's
+    check), not to each element."""
+    ours, ref = make_pair(kind, 28, 128, dtype=torch.float32)
+    x, hx = make_inputs(kind, ours, 28, 64)
+    results = [forward_and_grads(module, clone_inputs([x, hx])) for module in (ours, ref)]
+    (out_a, gin_a, gp_a), (out_b, gin_b, gp_b) = results
+    for a, b in zip([*out_a, *gin_a, *gp_a.values()], [*out_b, *gin_b, *gp_b.values()]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-6 * max(1.0, b.abs().max().item()))
+
+
+# -- the kernels alone, against torch's math ------------------------------------------------------------
+
+EXTREMES = [0.0, -0.0, 1e-30, -1e-30, 1e-4, 0.5, -3.0, 20.0, -20.0, 87.0, -88.0, 89.0, -104.0, 1e30, -1e30,
+            float("inf"), float("-inf")]
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_kernel_equals_torch_everywhere(dtype):
+    x = torch.cat([torch.linspace(-30, 30, 100_001, dtype=dtype), torch.tensor(EXTREMES, dtype=dtype)])
+    expected = torch.tanh(x.double())
+    got = cpu_kernels.tanh_(x.clone())
+    torch.testing.assert_close(got.double(), expected, atol=3e-7 if dtype == torch.float32 else 1e-15, rtol=0)
+    nan = cpu_kernels.tanh_(torch.tensor([float("nan")] * 17, dtype=dtype))
+    assert torch.isnan(nan).all(), "NaN must come out as NaN (a non-finite loss has to stay visible)"
+
+
+def lstm_step_reference(z, c_prev):
+    """The eager math of one LSTM step in float64: (f, c, m, k) as LSTMFunction defines them."""
+    i, f, g, o = z.double().chunk(4, 1)
+    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+    c = f * c_prev.double() + i * g
+    tc = c.tanh()
+    m = o * tc
+    k = torch.cat([g * i * (1 - i), c_prev.double() * f * (1 - f), i * (1 - g * g), m * (1 - o), o * (1 - tc * tc)], 1)
+    return f, c, m, k
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("b,H", [(1, 1), (3, 5), (64, 128), (2, 33)])
+def test_lstm_forward_kernel_equals_the_eager_math(dtype, b, H):
+    gen = torch.Generator().manual_seed(b * 100 + H)
+    z = (torch.randn(b, 4 * H, generator=gen, dtype=dtype) * 4)
+    z.view(-1)[: len(EXTREMES)] = torch.tensor(EXTREMES[: z.numel()], dtype=dtype)[: z.numel()]
+    c_prev = torch.randn(b, H, generator=gen, dtype=dtype)
+    f, c_ref, m_ref, k_ref = lstm_step_reference(z, c_prev)
+    tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-14, "rtol": 1e-13}
+    for training in (True, False):
+        z_run, c, m = z.clone(), torch.empty(b, H, dtype=dtype), torch.empty(b, H, dtype=dtype)
+        k = torch.empty(b, 5 * H, dtype=dtype) if training else None
+        cpu_kernels.lstm_forward_step(z_run, c_prev, c, m, k)
+        torch.testing.assert_close(c.double(), c_ref, **tol)
+        torch.testing.assert_close(m.double(), m_ref, **tol)
+        if training:
+            torch.testing.assert_close(z_run[:, H : 2 * H].double(), f, **tol)
+            torch.testing.assert_close(k.double(), k_ref, **tol)
+
+
+@needs_kernels
+@pytest.mark.parametrize("with_d_out", [True, False])
+def test_lstm_backward_kernel_equals_the_eager_math(with_d_out):
+    gen = torch.Generator().manual_seed(7)
+    b, H = 5, 7
+    new = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    dm, d_out, dc, k, acts = new(b, H), new(b, H), new(b, H), new(b, 5 * H), new(b, 4 * H)
+    d = dm + d_out if with_d_out else dm
+    k_i, k_f, k_g, k_o, k_c = k.chunk(5, 1)
+    dc_new = dc + d * k_c
+    expected_dz = torch.cat([dc_new * k_i, dc_new * k_f, dc_new * k_g, d * k_o], 1)
+    dz, dc_run = torch.empty(b, 4 * H, dtype=torch.float64), dc.clone()
+    cpu_kernels.lstm_backward_step(dm, d_out if with_d_out else None, dc_run, k, acts, dz)
+    torch.testing.assert_close(dz, expected_dz, **TIGHT)
+    torch.testing.assert_close(dc_run, dc_new * acts[:, H : 2 * H], **TIGHT)
+
+
+@needs_kernels
+def test_kernels_refuse_rows_of_the_wrong_width():
+    z = torch.zeros(4, 8)[:, :4]  # rows of width 4 inside a buffer of width 8: not what the kernel indexes
+    with pytest.raises(ValueError, match="rows of width 4"):
+        cpu_kernels.lstm_forward_step(z, torch.zeros(4, 1), torch.zeros(4, 1), torch.zeros(4, 1), None)
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu_kernels.tanh_(torch.zeros(4, 4).t())
+
+
+# -- building, and not building --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_library(monkeypatch):
+    """Forget the loaded library for the test, and restore it after."""
+    cpu_kernels._library.cache_clear()
+    yield
+    monkeypatch.undo()
+    cpu_kernels._library.cache_clear()
+
+
+def test_without_a_compiler_the_fused_path_warns_once_and_runs_eager(fresh_library, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_compiler", lambda: None)
+    with pytest.warns(RuntimeWarning, match="could not be built.*no C\\+\\+ compiler"):
+        assert not cpu_kernels.available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the warning came once; later calls are silent
+        assert fused.step_kernels(torch.zeros(1)) is None
+        ours, ref = make_pair("lstm", 3, 4)
+        assert_same(ours, ref, *make_inputs("lstm", ours, 3, 2), **TIGHT)
+
+
+def test_a_failing_build_warns_with_the_compiler_output(fresh_library, monkeypatch, tmp_path):
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(cpu_kernels, "SOURCE", broken)
+    monkeypatch.setenv("RNN_BY_HAND_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(RuntimeWarning, match="could not be built.*exited with"):
+        assert not cpu_kernels.available()
+    assert not list((tmp_path / "cache").glob("*.so")), "no half-built library is left behind"
+
+
+def test_the_variable_turns_the_kernels_off_silently(fresh_library, monkeypatch):
+    monkeypatch.setenv("RNN_BY_HAND_CPU_KERNELS", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not cpu_kernels.available()
+        assert fused.step_kernels(torch.zeros(1)) is None
+
+
+@needs_kernels
+def test_a_build_goes_to_the_cache_folder_and_is_reused(fresh_library, monkeypatch, tmp_path):
+    monkeypatch.setenv("RNN_BY_HAND_CACHE", str(tmp_path))
+    assert cpu_kernels.available()
+    (built,) = tmp_path.glob("cpu_kernels-*.so")
+    stamp = built.stat().st_mtime_ns
+    cpu_kernels._library.cache_clear()
+    assert cpu_kernels.available()
+    assert built.stat().st_mtime_ns == stamp, "the cached build was used, not rebuilt"
+    assert [p.name for p in tmp_path.iterdir()] == [built.name], "no temporary files left"
