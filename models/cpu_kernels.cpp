@@ -180,6 +180,37 @@ void gru_backward(T* dh, const T* d_out, const T* k, const T* k_n, const T* rz, 
     }
 }
 
+// GRU, GRUFunction.backward's step before its matmul, computing the factors k from the saved
+// activations in the step itself (so no (N, 3H) buffer of them is built before the loop):
+// d = dh + d_out; dn_pre = d (1 − z)(1 − n²); d hh = [dn_pre hh_n r(1 − r) | d (h_prev − n) z(1 − z) |
+// dn_pre r]; d_xn = dn_pre; dh = d z.
+template <typename T>
+void gru_backward_direct_row(T* __restrict__ dh, const T* __restrict__ d_out, const T* __restrict__ r,
+                             const T* __restrict__ z, const T* __restrict__ n, const T* __restrict__ hh_n,
+                             const T* __restrict__ h_prev, T* __restrict__ d_r, T* __restrict__ d_z,
+                             T* __restrict__ d_hn, T* __restrict__ d_xn, int64_t H) {
+    for (int64_t j = 0; j < H; ++j) {
+        const T d = dh[j] + d_out[j];
+        const T dn_pre = d * (T(1) - z[j]) * (T(1) - n[j] * n[j]);
+        d_r[j] = dn_pre * hh_n[j] * r[j] * (T(1) - r[j]);
+        d_z[j] = d * (h_prev[j] - n[j]) * z[j] * (T(1) - z[j]);
+        d_hn[j] = dn_pre * r[j];
+        d_xn[j] = dn_pre;
+        dh[j] = d * z[j];
+    }
+}
+
+template <typename T>
+void gru_backward_direct(T* dh, const T* d_out, const T* rz, const T* n, const T* hh, const T* h_prev, T* d_hh,
+                         T* d_xn, int64_t b, int64_t H) {
+    for (int64_t row = 0; row < b; ++row) {
+        const T* rzr = rz + row * 2 * H;
+        T* dr = d_hh + row * 3 * H;
+        gru_backward_direct_row<T>(dh + row * H, d_out + row * H, rzr, rzr + H, n + row * H, hh + row * 3 * H + 2 * H,
+                                   h_prev + row * H, dr, dr + H, dr + 2 * H, d_xn + row * H, H);
+    }
+}
+
 // tanh in place over n contiguous elements (the Elman RNN's step after its addmm).
 template <typename T>
 void tanh_inplace(T* __restrict__ x, int64_t n) {
@@ -204,6 +235,10 @@ void tanh_inplace(T* __restrict__ x, int64_t n) {
     extern "C" void gru_backward_##suffix(T* dh, const T* d_out, const T* k, const T* k_n, const T* rz,    \
                                           T* d_hh, T* d_xn, int64_t b, int64_t H) {                         \
         gru_backward<T>(dh, d_out, k, k_n, rz, d_hh, d_xn, b, H);                                           \
+    }                                                                                                       \
+    extern "C" void gru_backward_direct_##suffix(T* dh, const T* d_out, const T* rz, const T* n, const T* hh, \
+                                                 const T* h_prev, T* d_hh, T* d_xn, int64_t b, int64_t H) { \
+        gru_backward_direct<T>(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn, b, H);                              \
     }                                                                                                       \
     extern "C" void tanh_##suffix(T* x, int64_t n) { tanh_inplace<T>(x, n); }
 

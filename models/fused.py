@@ -68,10 +68,9 @@ def fused_supported(device):
     """Whether impl="auto" should take this path on `device`.
 
     CPU: training measured faster than the readable path at every shape of
-    benchmarks/results/cpu.md (GRU at pixel MNIST about equal), and faster than torch.nn for RNN and
-    GRU at the MNIST shape. CUDA: fewer launches than the readable path by construction (one matmul and one
-    Triton kernel per step with triton installed), not yet timed against cuDNN. Elsewhere (mps, …)
-    it is untested, so "auto" keeps the readable path there.
+    benchmarks/results/cpu.md. CUDA: fewer launches than the readable path by construction (one
+    matmul and one Triton kernel per step with triton installed), not yet timed against cuDNN.
+    Elsewhere (mps, …) it is untested, so "auto" keeps the readable path there.
     """
     return torch.device(device).type in ("cpu", "cuda")
 
@@ -145,8 +144,8 @@ class _Workspace:
     themselves: a pooled buffer is free again when nothing but the pool refers to its storage — not
     the autograd graph that saved it, not an output view a caller kept, not a gradient in flight.
     Only CPU buffers of 256 KiB to 64 MiB are pooled (CUDA has its caching allocator), at most four
-    of a size, sixteen sizes, 256 MiB in all (least recently used sizes go first). The storage use count is a private torch API; if it is missing or
-    behaves unexpectedly the pool turns itself off.
+    of a size, sixteen sizes, 256 MiB in all (least recently used sizes go first). The storage use
+    count is a private torch API; if it is missing or behaves unexpectedly the pool turns itself off.
     """
 
     def __init__(self, per_size=4, sizes=16, min_bytes=256 << 10, max_bytes=64 << 20, total_bytes=256 << 20):
@@ -313,8 +312,9 @@ class LSTMFunction(torch.autograd.Function):
         dh_prev = dz W_hh                              (b, P): the one matmul per step
 
     and dz is also d x_proj. After the loop, over all steps at once: dW_hh = dZᵀ H_prev (4H, P),
-    db_hh = db_ih = Σ dZ, dW_hr = DHᵀ M (P, H), dW_ih = dZᵀ X (4H, I), dx = dZ W_ih (N, I). Rows of a step that are inactive (packed sequences) keep their
-    dh and dc, mirroring the forward, so the initial states' gradients come out of the same buffers.
+    db_hh = db_ih = Σ dZ, dW_hr = DHᵀ M (P, H), dW_ih = dZᵀ X (4H, I), dx = dZ W_ih (N, I). Rows of
+    a step that are inactive (packed sequences) keep their dh and dc, mirroring the forward, so the
+    initial states' gradients come out of the same buffers.
 
     What is saved. Collecting the factors that multiply dm and dc above,
 
@@ -490,7 +490,9 @@ class GRUFunction(torch.autograd.Function):
     dW_ih = d X_projᵀ X, db_ih = Σ d X_proj, dx = d X_proj W_ih. Every factor multiplying dh is
     computed for all steps before the loop — k_n = (1 − z)(1 − n²), then
     k = [k_n hh_n r(1 − r) | (h_prev − n) z(1 − z) | k_n r] — so a step is: dh += d_out[t];
-    d hh = dh ⊗ k; dn_pre = dh ⊙ k_n; dh ⊙= z; dh += d hh W_hh.
+    d hh = dh ⊗ k; dn_pre = dh ⊙ k_n; dh ⊙= z; dh += d hh W_hh. With the CPU kernels the step
+    computes k and k_n itself from the saved activations (`cpu_kernels.gru_backward_step_direct`):
+    at 784 steps the (N, 3H) buffers of k and their temporaries cost more than the whole loop.
     """
 
     @staticmethod
@@ -540,33 +542,38 @@ class GRUFunction(torch.autograd.Function):
         r, z = rz.chunk(2, 1)  # each (N, H)
         hh_n = hh[:, 2 * H :]
 
-        k_n = (1 - z) * (1 - n * n)  # (N, H): ∂h/∂n_pre
-        k = _workspace.empty(rz, N, 3, H)  # (N, 3, H): ∂h/∂hh_r, ∂h/∂hh_z, ∂h/∂hh_n
-        torch.mul(k_n * hh_n, r * (1 - r), out=k[:, 0])
-        torch.mul(h_prev - n, z * (1 - z), out=k[:, 1])
-        torch.mul(k_n, r, out=k[:, 2])
-
         d_hh = _workspace.empty(rz, N, 3 * H)  # (N, 3H)
         d_xn = _workspace.empty(rz, N, H)  # (N, H): dn_pre
         dh = _grad_buffer(d_hn, (lay.B, H), rz)  # (B, H)
         d_out = d_out.contiguous() if d_out is not None else rz.new_zeros(N, H)
-        d_outs, dhhs, dxns, k_rows, kns, rzs, dhs = (lay.split(d_out), lay.split(d_hh), lay.split(d_xn),
-                                                     lay.split(k.view(N, 3 * H)), lay.split(k_n), lay.split(rz),
-                                                     lay.heads(dh))
+        d_outs, dhhs, dxns, rzs, dhs = lay.split(d_out), lay.split(d_hh), lay.split(d_xn), lay.split(rz), lay.heads(dh)
         kernels = step_kernels(rz)
-        if not kernels:  # the eager step's views, built once
-            eager = list(zip(lay.split(d_hh.view(N, 3, H)), lay.split(k), lay.split(z)))
-        for t in lay.back_order:
-            d_out_t, dhh, dxn, kn, dh_t = d_outs[t], dhhs[t], dxns[t], kns[t], dhs[t]
-            if kernels:  # the same step as below, its pointwise part in one kernel
-                kernels.gru_backward_step(dh_t, d_out_t, k_rows[t], kn, rzs[t], dhh, dxn)
+        if kernels is cpu_kernels:  # k and k_n computed inside each step from r|z, n, hh_n, h_prev
+            ns, hhs, h_prevs = lay.split(n), lay.split(hh), lay.split(h_prev)
+            for t in lay.back_order:
+                dh_t, dhh = dhs[t], dhhs[t]
+                cpu_kernels.gru_backward_step_direct(dh_t, d_outs[t], rzs[t], ns[t], hhs[t], h_prevs[t], dhh, dxns[t])
                 dh_t.addmm_(dhh, weight_hh)  # (b, H)
-                continue
-            dhh3, k_t, z_t = eager[t]
-            dh_t.add_(d_out_t)
-            torch.mul(dh_t.unsqueeze(1), k_t, out=dhh3)  # (b, 3, H)
-            torch.mul(dh_t, kn, out=dxn)
-            dh_t.mul_(z_t).addmm_(dhh, weight_hh)  # (b, H)
+        else:
+            k_n = (1 - z) * (1 - n * n)  # (N, H): ∂h/∂n_pre
+            k = _workspace.empty(rz, N, 3, H)  # (N, 3, H): ∂h/∂hh_r, ∂h/∂hh_z, ∂h/∂hh_n
+            torch.mul(k_n * hh_n, r * (1 - r), out=k[:, 0])
+            torch.mul(h_prev - n, z * (1 - z), out=k[:, 1])
+            torch.mul(k_n, r, out=k[:, 2])
+            k_rows, kns = lay.split(k.view(N, 3 * H)), lay.split(k_n)
+            if not kernels:  # the eager step's views, built once
+                eager = list(zip(lay.split(d_hh.view(N, 3, H)), lay.split(k), lay.split(z)))
+            for t in lay.back_order:
+                d_out_t, dhh, dxn, kn, dh_t = d_outs[t], dhhs[t], dxns[t], kns[t], dhs[t]
+                if kernels:  # the same step as below, its pointwise part in one Triton kernel
+                    kernels.gru_backward_step(dh_t, d_out_t, k_rows[t], kn, rzs[t], dhh, dxn)
+                    dh_t.addmm_(dhh, weight_hh)  # (b, H)
+                    continue
+                dhh3, k_t, z_t = eager[t]
+                dh_t.add_(d_out_t)
+                torch.mul(dh_t.unsqueeze(1), k_t, out=dhh3)  # (b, 3, H)
+                torch.mul(dh_t, kn, out=dxn)
+                dh_t.mul_(z_t).addmm_(dhh, weight_hh)  # (b, H)
 
         need = ctx.needs_input_grad
         d_x, d_w_ih, d_b_ih = (None, None, None)

@@ -11,9 +11,10 @@ before the time loop; the loop does only the recurrent matmul and the gate math 
 
 `impl` picks how the loop runs: "readable" unrolls the cell's step in Python with autograd
 (`models.unroll`); "fused" is the fast path of `models.fused` (one autograd Function per cell with
-the backward through time derived by hand; on CUDA the gate math of a step is one Triton kernel
-when triton is installed), proven equal to "readable" and to torch.nn by the tests; "auto" (the
-default) takes the fastest correct path for the device: "fused" on CPU and CUDA, else "readable".
+the backward through time derived by hand; the gate math of a step is one compiled C++ kernel on
+the CPU, `models.cpu_kernels`, and one Triton kernel on CUDA when triton is installed), proven equal
+to "readable" and to torch.nn by the tests; "auto" (the default) takes the fastest correct path for
+the device: "fused" on CPU and CUDA, else "readable".
 """
 import numbers
 import warnings
@@ -174,8 +175,9 @@ class RNNBase(nn.Module):
             sorted_indices = unsorted_indices = None
             x = x.reshape(steps * batch, x.shape[2])  # (T·B, I), time-major
         if x.shape[-1] != self.input_size:
+            given = input.data if isinstance(input, PackedSequence) else input
             raise ShapeError(f"{name}: input's last dimension must be input_size={self.input_size}, "
-                             f"got {x.shape[-1]} (input shape {shape_str(input.data if isinstance(input, PackedSequence) else input)})")
+                             f"got {x.shape[-1]} (input shape {shape_str(given)})")
 
         states = self._initial_states(hx, batch, batched, x, sorted_indices)
         output, finals = self._run_layers(x, batch_sizes, states)
