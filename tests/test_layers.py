@@ -102,7 +102,7 @@ def cases():
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("kind,options,form", cases())
+@pytest.mark.parametrize("kind,options,form", list(cases()))
 def test_layer_equals_torch(kind, options, form, impl):
     check(kind, impl, layer_options=options, **form)
 
