@@ -152,36 +152,9 @@ void gru_forward(T* hh, const T* x, const T* bias, const T* h_prev, T* rz, T* n,
     }
 }
 
-// GRU, GRUFunction.backward's step before its matmul: dh += d_out; d_hh = dh ⊗ k (b, 3H);
-// d_xn = dh ⊙ k_n; dh ⊙= z.
-template <typename T>
-void gru_backward_row(T* __restrict__ dh, const T* __restrict__ d_out, const T* __restrict__ k_r,
-                      const T* __restrict__ k_z, const T* __restrict__ k_hn, const T* __restrict__ k_n,
-                      const T* __restrict__ z, T* __restrict__ d_r, T* __restrict__ d_z, T* __restrict__ d_hn,
-                      T* __restrict__ d_xn, int64_t H) {
-    for (int64_t j = 0; j < H; ++j) {
-        const T d = dh[j] + d_out[j];
-        d_r[j] = d * k_r[j];
-        d_z[j] = d * k_z[j];
-        d_hn[j] = d * k_hn[j];
-        d_xn[j] = d * k_n[j];
-        dh[j] = d * z[j];
-    }
-}
-
-template <typename T>
-void gru_backward(T* dh, const T* d_out, const T* k, const T* k_n, const T* rz, T* d_hh, T* d_xn, int64_t b,
-                  int64_t H) {
-    for (int64_t row = 0; row < b; ++row) {
-        const T* kr = k + row * 3 * H;
-        T* dr = d_hh + row * 3 * H;
-        gru_backward_row<T>(dh + row * H, d_out + row * H, kr, kr + H, kr + 2 * H, k_n + row * H,
-                            rz + row * 2 * H + H, dr, dr + H, dr + 2 * H, d_xn + row * H, H);
-    }
-}
-
-// GRU, GRUFunction.backward's step before its matmul, computing the factors k from the saved
-// activations in the step itself (so no (N, 3H) buffer of them is built before the loop):
+// GRU, GRUFunction.backward's step before its matmul. Unlike the Triton kernel, which reads the
+// factors k precomputed for all steps, it computes them from the saved activations in the step itself
+// (so no (N, 3H) buffer of them is built before the loop):
 // d = dh + d_out; dn_pre = d (1 − z)(1 − n²); d hh = [dn_pre hh_n r(1 − r) | d (h_prev − n) z(1 − z) |
 // dn_pre r]; d_xn = dn_pre; dh = d z.
 template <typename T>
@@ -231,10 +204,6 @@ void tanh_inplace(T* __restrict__ x, int64_t n) {
     extern "C" void gru_forward_##suffix(T* hh, const T* x, const T* bias, const T* h_prev, T* rz, T* n,   \
                                          T* h, int64_t b, int64_t H) {                                      \
         gru_forward<T>(hh, x, bias, h_prev, rz, n, h, b, H);                                                \
-    }                                                                                                       \
-    extern "C" void gru_backward_##suffix(T* dh, const T* d_out, const T* k, const T* k_n, const T* rz,    \
-                                          T* d_hh, T* d_xn, int64_t b, int64_t H) {                         \
-        gru_backward<T>(dh, d_out, k, k_n, rz, d_hh, d_xn, b, H);                                           \
     }                                                                                                       \
     extern "C" void gru_backward_direct_##suffix(T* dh, const T* d_out, const T* rz, const T* n, const T* hh, \
                                                  const T* h_prev, T* d_hh, T* d_xn, int64_t b, int64_t H) { \

@@ -8,7 +8,8 @@ primitive instead. Here the same arithmetic is one loop in C++ (`cpu_kernels.cpp
 vectorises, called once per step through ctypes; the recurrent matmul stays torch's.
 
 Each function has the name, arguments and effect of the Triton kernel function of the same name in
-`models.triton_kernels` and equals the eager step of `models.fused` that it replaces; the tests run
+`models.triton_kernels` (the GRU's backward step instead computes its factors itself:
+`gru_backward_step_direct`) and equals the eager step of `models.fused` that it replaces; the tests run
 the fused path with these kernels and without them (`models.fused.CPU_KERNELS = "never"`) against
 torch.nn in float64 at 1e-10, and compare the kernels with torch's sigmoid and tanh in float32.
 
@@ -44,7 +45,6 @@ _SIGNATURES = {  # name: argument types (pointers, then sizes)
     "lstm_forward": [_P] * 5 + [_N] * 2,
     "lstm_backward": [_P] * 6 + [_N] * 2,
     "gru_forward": [_P] * 7 + [_N] * 2,
-    "gru_backward": [_P] * 7 + [_N] * 2,
     "gru_backward_direct": [_P] * 8 + [_N] * 2,
     "tanh": [_P, _N],
 }
@@ -172,18 +172,10 @@ def gru_forward_step(hh, x_t, bias_hh, h_prev, rz, n, h):
                            _rows(n, H), _rows(h, H), b, H)
 
 
-def gru_backward_step(dh, d_out, k, k_n, rz, d_hh, d_xn):
-    """dh += d_out; d_hh = dh ⊗ k (b, 3H); d_xn = dh ⊙ k_n; dh ⊙= z — GRUFunction's step before its
-    matmul dh += d_hh W_hh."""
-    b, H = dh.shape
-    _fn("gru_backward", dh)(_rows(dh, H), _rows(d_out, H), _rows(k, 3 * H), _rows(k_n, H), _rows(rz, 2 * H),
-                            _rows(d_hh, 3 * H), _rows(d_xn, H), b, H)
-
-
 def gru_backward_step_direct(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn):
-    """gru_backward_step with the factors k, k_n computed in the step from r|z, n, hh_n and h_prev
-    (GRUFunction's formulas), so the backward needs no (N, 3H) buffer of them: at 784 steps that
-    buffer and its temporaries were most of the GRU's backward time on the CPU."""
+    """Triton's gru_backward_step with the factors k, k_n computed in the step from r|z, n, hh_n and
+    h_prev (GRUFunction's formulas), so the backward needs no (N, 3H) buffer of them: at 784 steps
+    that buffer and its temporaries were most of the GRU's backward time on the CPU."""
     b, H = dh.shape
     _fn("gru_backward_direct", dh)(_rows(dh, H), _rows(d_out, H), _rows(rz, 2 * H), _rows(n, H), _rows(hh, 3 * H),
                                    _rows(h_prev, H), _rows(d_hh, 3 * H), _rows(d_xn, H), b, H)

@@ -342,10 +342,10 @@ class LSTMFunction(torch.autograd.Function):
         # x_proj for all steps in one matmul, with b_ih + b_hh (both shift every step's z alike); each
         # step then adds its recurrent matmul in place (no copy of x_t) and turns z into the
         # activations i | f | g | o in place.
-        acts = x_proj = _input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
+        acts = _input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
         projected = weight_hr is not None
-        m_buf = _workspace.empty(x_proj, lay.N if training else lay.B, H) if projected else None  # o ⊙ tanh(c)
-        k = _workspace.empty(x_proj, lay.N, 5 * H) if training else None  # (N, 5H): k_i|k_f|k_g|k_o|k_c
+        m_buf = _workspace.empty(acts, lay.N if training else lay.B, H) if projected else None  # o ⊙ tanh(c)
+        k = _workspace.empty(acts, lay.N, 5 * H) if training else None  # (N, 5H): k_i|k_f|k_g|k_o|k_c
         # Wᵀ as a view: a row-major copy of it made a Xeon's matmuls ~15% faster, but on the 2-core EPYC
         # the whole LSTM training step measured 4% slower with the copy (interleaved A/B), so no copy.
         w_hh_t, w_hr_t = weight_hh.t(), (weight_hr.t() if projected else None)
@@ -353,10 +353,10 @@ class LSTMFunction(torch.autograd.Function):
         zs = lay.split(acts)
         ms = (lay.split(m_buf) if training else lay.heads(m_buf)) if projected else outs  # m = o ⊙ tanh(c)
         ks = lay.split(k) if training else [None] * lay.T
-        kernels = step_kernels(x_proj)
+        kernels = step_kernels(acts)
         if not kernels:  # the eager step's views, built once
-            tc_buf = x_proj.new_empty(lay.B, H)  # (B, H): tanh(c)
-            gi_buf = x_proj.new_empty(lay.B, H)  # (B, H): g ⊙ i
+            tc_buf = acts.new_empty(lay.B, H)  # (B, H): tanh(c)
+            gi_buf = acts.new_empty(lay.B, H)  # (B, H): g ⊙ i
             per_step = [lay.split(acts[:, : 2 * H])]
             per_step += [lay.split(acts[:, j * H : (j + 1) * H]) for j in range(4)]  # i, f, g, o
             per_step += [lay.heads(tc_buf), lay.heads(gi_buf)]
@@ -539,9 +539,6 @@ class GRUFunction(torch.autograd.Function):
         rz, n, hh, h_prev, weight_hh, x, weight_ih = ctx.saved_tensors
         lay = ctx.lay
         N, H = lay.N, n.shape[1]
-        r, z = rz.chunk(2, 1)  # each (N, H)
-        hh_n = hh[:, 2 * H :]
-
         d_hh = _workspace.empty(rz, N, 3 * H)  # (N, 3H)
         d_xn = _workspace.empty(rz, N, H)  # (N, H): dn_pre
         dh = _grad_buffer(d_hn, (lay.B, H), rz)  # (B, H)
@@ -552,9 +549,12 @@ class GRUFunction(torch.autograd.Function):
             ns, hhs, h_prevs = lay.split(n), lay.split(hh), lay.split(h_prev)
             for t in lay.back_order:
                 dh_t, dhh = dhs[t], dhhs[t]
-                cpu_kernels.gru_backward_step_direct(dh_t, d_outs[t], rzs[t], ns[t], hhs[t], h_prevs[t], dhh, dxns[t])
+                cpu_kernels.gru_backward_step_direct(dh_t, d_outs[t], rzs[t], ns[t], hhs[t], h_prevs[t], dhh,
+                                                     dxns[t])
                 dh_t.addmm_(dhh, weight_hh)  # (b, H)
         else:
+            r, z = rz.chunk(2, 1)  # each (N, H)
+            hh_n = hh[:, 2 * H :]
             k_n = (1 - z) * (1 - n * n)  # (N, H): ∂h/∂n_pre
             k = _workspace.empty(rz, N, 3, H)  # (N, 3, H): ∂h/∂hh_r, ∂h/∂hh_z, ∂h/∂hh_n
             torch.mul(k_n * hh_n, r * (1 - r), out=k[:, 0])
