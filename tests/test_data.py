@@ -126,20 +126,13 @@ def test_bad_split(tmp_path):
 # Bad files: each names its full path and the fix
 
 
-def test_truncated_plain(tmp_path):
+@pytest.mark.parametrize("gz,cut,message", [(False, 100, "truncated or corrupt.*download again"),
+                                             (True, 200, "truncated or corrupt")])
+def test_truncated_file(tmp_path, gz, cut, message):
     images, labels = synthetic()
-    image_path, _ = write_split(tmp_path, images, labels, gz=False)
-    image_path.write_bytes(image_path.read_bytes()[:-100])
-    with pytest.raises(DataError, match="truncated or corrupt.*download again") as e:
-        load_mnist(tmp_path, download=False)
-    assert str(image_path) in str(e.value)
-
-
-def test_truncated_gzip(tmp_path):
-    images, labels = synthetic()
-    image_path, _ = write_split(tmp_path, images, labels)
-    image_path.write_bytes(image_path.read_bytes()[:-200])
-    with pytest.raises(DataError, match="truncated or corrupt") as e:
+    image_path, _ = write_split(tmp_path, images, labels, gz=gz)
+    image_path.write_bytes(image_path.read_bytes()[:-cut])
+    with pytest.raises(DataError, match=message) as e:
         load_mnist(tmp_path, download=False)
     assert str(image_path) in str(e.value)
 
