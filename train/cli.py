@@ -85,6 +85,10 @@ def _common_options(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--dropout", type=_probability, help="dropout between stacked layers (needs --layers ≥ 2)")
     g.add_argument("--forget-bias", type=_float,
                    help="LSTM forget-gate bias at initialisation (default 1.0 for lstm; torch's init leaves ≈ 0)")
+    g.add_argument("--init-hh", choices=cfg.INITS_HH,
+                   help="initial recurrent weights W_h·: torch's uniform, orthogonal or identity blocks "
+                        "(default per cell, see train/config.py)")
+    g.add_argument("--nonlinearity", choices=cfg.NONLINEARITIES, help="RNN only: tanh (default) or relu")
     g.add_argument("--dtype", choices=cfg.DTYPES, help="float32 (default) or float64")
 
     g = p.add_argument_group("optimisation")
@@ -98,7 +102,8 @@ def _common_options(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--seed", type=int, help="seeds the initial weights, the shuffling and dropout")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data-dir", help="folder holding MNIST/raw/ (default $MNIST_DIR or ./data)")
+    g.add_argument("--data-dir", help="folder holding MNIST/raw/ (default $MNIST_DIR, else ./data if it holds the files, "
+                        "else the copy shipped in train/mnist/)")
     g.add_argument("--no-download", dest="download", action="store_false", default=None,
                    help="never fetch missing MNIST files")
     g.add_argument("--train-limit", type=_positive_int, metavar="N", help="use only the first N training samples")
@@ -133,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows: 28 steps of 28 pixels (default); pixels: 784 steps of 1; permuted: 784 "
                         "steps in a fixed random order")
     g.add_argument("--head", choices=cfg.HEADS, help="classify from the last step (default) or all steps")
+    g.add_argument("--shift", type=_non_negative_int, metavar="PIXELS",
+                   help="augment: move each training image by a random whole number of pixels in "
+                        "[-PIXELS, PIXELS] along each axis, fresh every epoch (0 = off)")
     sine = tasks.add_parser("sine", help="regress cos(wt + φ) from sin(wt + φ)",
                             description="Read sin(wt + φ), predict cos(wt + φ) at every step.")
     _common_options(sine, "sine")
@@ -158,6 +166,8 @@ def _check(config: cfg.Config, given: dict[str, Any]) -> Optional[str]:
         return f"--preset {preset} is for `python -m train {cfg.PRESETS[preset]['task']}`"
     if given.get("forget_bias") is not None and config.cell != "lstm":
         return f"--forget-bias applies to the LSTM forget gate; --cell {config.cell} has none"
+    if given.get("nonlinearity") is not None and config.cell != "rnn":
+        return f"--nonlinearity chooses the plain RNN's activation; --cell {config.cell} has fixed ones"
     if config.task == "sine":
         if config.burn_in >= config.seq_len:
             return f"--burn-in {config.burn_in} leaves nothing to score in --seq-len {config.seq_len}"

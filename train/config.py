@@ -31,6 +31,8 @@ DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("onecycle", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+INITS_HH = ("torch", "orthogonal", "identity")
+NONLINEARITIES = ("tanh", "relu")
 
 
 @dataclass
@@ -48,6 +50,8 @@ class Config:
     bidirectional: bool = False
     dropout: float = 0.0
     forget_bias: Optional[float] = None  # LSTM only; None keeps torch's init
+    init_hh: str = "torch"  # how weight_hh starts: torch's uniform, orthogonal blocks, or identity (RNN)
+    nonlinearity: str = "tanh"  # RNN only: tanh or relu, as torch.nn.RNN
     head: str = "last"  # mnist: classify from the last step or from all steps concatenated
     # optimisation
     optimizer: str = "adam"
@@ -60,6 +64,7 @@ class Config:
     dtype: str = "float32"
     # data
     order: str = "rows"
+    shift: int = 0  # mnist: move each training image by up to this many pixels along each axis
     data_dir: Optional[str] = None
     download: bool = True
     train_limit: Optional[int] = None
