@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import distributed
 from .config import Config
-from .data import DataError, load_mnist, mnist_sequences, shift_images, shift_table, shuffled_batches, sine_cosine
+from .data import DataError, default_data_dir, load_mnist, mnist_sequences, shift_images, shift_table, shuffled_batches, sine_cosine
 from .distributed import Dist
 from .models import build_model, unwrap
 
@@ -484,6 +484,9 @@ def _run(config, dist: Dist, resume, stop_after_steps, command, log, wall_start)
         "python": sys.version.split()[0],
         "command": command,
         "config": config.to_dict(),
+        # Where MNIST was read from, once --data-dir's default chain is resolved.
+        "data_dir": str(pathlib.Path(config.data_dir or default_data_dir()).absolute())
+        if config.task == "mnist" else None,
     }
     if dist.is_main:
         if config.plots:
