@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from train import cli, loop
-from train.config import Config, resolve
+from train.config import PRESETS, Config, resolve
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAMES = {
@@ -245,8 +245,16 @@ def test_cell_defaults_and_layering():
     assert (lstm.cell, lstm.hidden, lstm.forget_bias) == ("lstm", 128, 1.0)
     assert resolve("mnist", {"cell": "gru"}).forget_bias is None
     assert resolve("mnist", {"lr": 0.5}).lr == 0.5
+    assert lstm.shift > 0 and lstm.init_hh == "torch"
+    rnn = resolve("mnist", {"cell": "rnn"})
+    assert (rnn.nonlinearity, rnn.init_hh) == ("relu", "identity")  # the IRNN
+    assert resolve("mnist", {"cell": "rnn", "init_hh": "orthogonal"}).init_hh == "orthogonal"
     preset = resolve("mnist", {"preset": "lstm128x2"})
     assert (preset.layers, preset.hidden, preset.lr, preset.batch_size, preset.epochs) == (2, 128, 0.01, 100, 2)
+    # The tutorials did not augment: a preset keeps them as they were, whatever the cell defaults say.
+    for name, values in PRESETS.items():
+        if values["task"] == "mnist":
+            assert resolve("mnist", {"preset": name}).shift == 0, name
     assert resolve("sine", {}).burn_in > 0
 
 

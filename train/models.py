@@ -126,7 +126,8 @@ def init_weight_hh(rnn: nn.Module, how: str) -> None:
     if how == "torch":
         return
     hidden = rnn.hidden_size
-    with torch.no_grad():
+    # Drawn on a forked RNG, so every other weight (the head's too) starts as it would with "torch".
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
         for name, param in rnn.named_parameters():
             if not name.startswith("weight_hh"):
                 continue
