@@ -5,6 +5,7 @@ The learner's cells live in tests/learner_cells/; `plant` (conftest.py) copies o
 line changed. Most tests call `check_file` in-process; a few run `python -m cells.check` for real.
 """
 import functools
+import json
 import pathlib
 import subprocess
 import sys
@@ -269,3 +270,85 @@ def test_template_filled_in_passes(kind, tmp_path):
     report = check_file(str(path))
     assert report.equal, str(report)
     assert report.notes == [f"unbatched input: {n.split('unbatched input: ')[1]}" for n in report.notes]
+
+
+# -- train it: python -m train ... --cell-class FILE.py:CLASS ----------------------------------------
+
+LEARNER_CELLS = pathlib.Path(__file__).parent / "learner_cells"
+
+
+def sine_options(out, **extra):
+    return dict(hidden=4, epochs=3, batch_size=16, train_size=64, test_size=8, seq_len=20, dtype="float64",
+                device="cpu", out=str(out), quiet=True, plots=False, log_every=1, **extra)
+
+
+@pytest.mark.parametrize("spec, extra", [
+    ("gru_fused.py:LearnerGRUCell", {"cell": "gru"}),
+    # two layers both ways, and the LSTM's forget-gate bias set in the learner's cells too
+    ("lstm_slices.py:SlicedLSTM", {"cell": "lstm", "layers": 2, "bidirectional": True}),
+])
+def test_a_correct_learner_cell_trains_like_torch(tmp_path, spec, extra):
+    """Same seed, same initial weights: the learner's cell on our readable unroll gives torch.nn's
+    losses step by step (float64)."""
+    from train import loop
+    from train.config import resolve
+
+    losses = {}
+    for name, options in (("torch", {"impl": "torch"}),
+                          ("learner", {"impl": "readable", "cell_class": str(LEARNER_CELLS / spec)})):
+        config = resolve("sine", sine_options(tmp_path / name, **extra, **options))
+        losses[name] = loop.run(config, log=lambda *_: None)["logged_loss"]
+    assert len(losses["torch"]) == 12
+    torch.testing.assert_close(torch.tensor(losses["learner"]), torch.tensor(losses["torch"]), atol=1e-8, rtol=0)
+
+
+def cli_sine(out, *extra):
+    return ["sine", "--out", str(out), "--hidden", "4", "--epochs", "1", "--train-size", "32", "--test-size", "8",
+            "--seq-len", "15", "--batch-size", "16", "--device", "cpu", "--quiet", "--no-plots", *extra]
+
+
+def test_train_warns_but_trains_a_cell_that_differs(plant, tmp_path, capsys):
+    from train import cli
+
+    path = plant("gru_fused.py", "return (1 - z) * n + z * h", "return z * n + (1 - z) * h")
+    assert cli.main(cli_sine(tmp_path / "run", "--cell-class", f"{path}:LearnerGRUCell")) == 0
+    err = capsys.readouterr().err
+    assert "warning: LearnerGRUCell" in err and "differs from torch.nn.GRUCell" in err
+    assert "Diagnosis: the update is written the other way round" in err and "Training it anyway" in err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["cell_class"] == f"{path}:LearnerGRUCell" and metrics["config"]["cell"] == "gru"
+
+
+def test_train_refuses_what_is_not_a_cell(plant, tmp_path, capsys):
+    from train import cli
+
+    path = plant("rnn_plain.py", "return torch.tanh(", "return 2, torch.tanh(")
+    assert cli.main(cli_sine(tmp_path / "run", "--cell-class", str(path))) == 2
+    assert "forward returned a tuple of 2" in capsys.readouterr().err
+    good = str(LEARNER_CELLS / "rnn_plain.py")
+    assert cli.main(cli_sine(tmp_path / "run", "--cell-class", good, "--cell", "lstm")) == 2
+    assert "--cell lstm does not fit" in capsys.readouterr().err
+    assert cli.main(cli_sine(tmp_path / "run", "--cell-class", good, "--impl", "torch")) == 2
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("spec, panels", [
+    ("lstm_fused.py:LearnerLSTMCell", ["i", "f", "o", "c"]),  # keeps its gates in self.gates
+    ("lstm_xw.py:XWLSTM", ["c"]),                              # exposes none: the cell state alone
+])
+def test_gate_plot_of_a_learner_cell(tmp_path, spec, panels):
+    pytest.importorskip("matplotlib")
+    from train import plots
+    from train.config import resolve
+    from train.loop import Data
+    from train.models import build_model
+
+    config = resolve("mnist", dict(cell="lstm", impl="readable", hidden=3, cell_class=str(LEARNER_CELLS / spec)))
+    model = build_model(config, 28, 28)
+    x = torch.rand(2, 28, 28)
+    trace = model.rnn.gate_trace(x[0])
+    assert [k for k, _ in plots.GATE_PANELS["lstm"] if k in trace] == panels
+    assert all(v.shape == (28, 3) for v in trace.values())
+    path = plots.plot_gates(plots._pyplot(), model, Data(x, torch.zeros(2), x, torch.zeros(2)), config,
+                            tmp_path / "gates.png")
+    assert path.stat().st_size > 0
