@@ -421,7 +421,12 @@ def _check(cls, kind, report):
     report.kind = kind = detect_kind(probe, input_size, hidden_size, kind)
     nonlinearity = getattr(probe, "nonlinearity", "tanh")
     nonlinearity = nonlinearity if nonlinearity in ("tanh", "relu") else "tanh"
-    if not _compare_sizes(cls, kind, nonlinearity, source, report, SIZES, bias=True):
+    try:
+        if not _compare_sizes(cls, kind, nonlinearity, source, report, SIZES, bias=True):
+            return
+    except NotACell as error:
+        if not _only_square(cls, kind, nonlinearity, source, report, error):
+            raise
         return
     report.checked.append(_what_was_compared(kind, nonlinearity, probe))
     if not _gradcheck(cls, kind, nonlinearity, source, report):
@@ -468,6 +473,23 @@ def _diagnose(report, kind, nonlinearity, where, differences, ours, theirs, x, s
         differences = [d for d in differences if not d.startswith("grad")] or differences
     report.differences = [f"at {where}:"] + ["  " + d for d in differences]
     report.differences += _hints(kind, ours, theirs, report.mistakes)
+
+
+def _only_square(cls, kind, nonlinearity, source, report, error):
+    """A forward that raises on input_size != hidden_size may run when they are equal: a weight used
+    transposed. True when that is what happened (report filled in), else the error stands."""
+    square = [(SIZES[0][1], SIZES[0][1], SIZES[0][2])]  # input = hidden
+    attempt = Report(report.name, kind)
+    try:
+        equal = _compare_sizes(cls, kind, nonlinearity, source, attempt, square, bias=True)
+    except NotACell:
+        return False
+    if equal or not attempt.mistakes:
+        return False
+    report.status, report.mistakes = attempt.status, attempt.mistakes
+    report.differences = ([f"with input_size != hidden_size your forward raises: {str(error).splitlines()[0]}"]
+                          + attempt.differences)
+    return True
 
 
 def _hints(kind, ours, theirs, mistakes):

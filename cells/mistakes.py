@@ -15,6 +15,7 @@ the change spelled out; `change` is a dict of the options below, {} being torch'
     acts           {gate: "σ" | "tanh"} overriding torch's nonlinearity of some gates
     ih_bias, hh_bias   how many times b_ih, b_hh are added (torch: 1)
     hh_transposed  each gate's (H, H) block of weight_hh used as W.T (h @ W instead of h @ W.T)
+    ih_transposed  the same for weight_ih, which runs only when input_size == hidden_size
     ignore_state   the step starts from zeros instead of hx
     LSTM:  cell_act ("tanh" | "none" | "σ") in h' = o ⊙ cell_act(c'); h_from_old_c; c_update
     GRU:   update_reversed; reset ("after" | "before" | "b_hn_outside" | "unused")
@@ -74,7 +75,7 @@ def _projections(x, h, p, change, kind):
     also W_hh and b_hh as used (GRU's candidate needs their n rows apart)."""
     torch_order = GATES[kind]
     order = change.get("order", torch_order)
-    w_ih = _arrange(p["weight_ih"], order, torch_order)
+    w_ih = _arrange(p["weight_ih"], order, torch_order, change.get("ih_transposed", False))
     w_hh = _arrange(p["weight_hh"], order, torch_order, change.get("hh_transposed", False))
     x_proj, h_proj, b_hh = x @ w_ih.T, h @ w_hh.T, torch.zeros(w_hh.shape[0], dtype=x.dtype)
     if p.get("bias_ih") is not None:
@@ -192,6 +193,13 @@ def _common_mistakes(kind, has_bias):
     yield Mistake("transposed", (
         f"weight_hh is used transposed: {blocks} multiplies h as h @ W, i.e. Wᵀh. torch stores weights "
         f"as (out, in) and computes W h = h @ W.T (F.linear(h, weight_hh, bias_hh))."), {"hh_transposed": True})
+    blocks = blocks.replace("W_h*", "W_i*").replace("weight_hh", "weight_ih").replace("(H, H)", "(H, I)")
+    for which, change in (("weight_ih is", {"ih_transposed": True}),
+                          ("weight_ih and weight_hh are", {"ih_transposed": True, "hh_transposed": True})):
+        yield Mistake("transposed", (
+            f"{which} used transposed: {blocks} multiplies x as x @ W, i.e. Wᵀx, which runs only when "
+            f"input_size == hidden_size. torch stores weights as (out, in) and computes W x = x @ W.T "
+            f"(F.linear(x, weight_ih, bias_ih))."), change)
     state = "h = c = 0" if kind == "lstm" else "h = 0"
     yield Mistake("ignores_state", (
         f"your cell ignores hx: its numbers are torch's with {state}. Use the h (and c) passed to forward."),

@@ -74,6 +74,13 @@ MISTAKES = {
     "rnn relu": ("rnn_plain.py", "return torch.tanh(", "return torch.relu(", "nonlinearity", ["relu"]),
     "rnn weight_hh transposed": ("rnn_plain.py", "F.linear(hx, self.weight_hh, self.bias_hh)",
                                  "hx @ self.weight_hh + self.bias_hh", "transposed", ["transposed", "h @ W.T"]),
+    "rnn weight_ih transposed (runs only when input == hidden)": (
+        "rnn_plain.py", "F.linear(input, self.weight_ih, self.bias_ih)", "input @ self.weight_ih + self.bias_ih",
+        "transposed", ["weight_ih is used transposed", "your forward raises"]),
+    "lstm both weights transposed": (
+        "lstm_fused.py", LSTM_LINEAR, "gates = torch.cat([input @ w for w in self.weight_ih.chunk(4, 0)], 1) + "
+        "self.bias_ih + torch.cat([h @ w for w in self.weight_hh.chunk(4, 0)], 1) + self.bias_hh",
+        "transposed", ["weight_ih and weight_hh are used transposed"]),
     "rnn bias_hh missing": ("rnn_plain.py", "F.linear(hx, self.weight_hh, self.bias_hh)",
                             "F.linear(hx, self.weight_hh)", "bias_missing", ["bias_hh is never added"]),
 }
