@@ -441,10 +441,14 @@ def _what_was_compared(kind, nonlinearity, cell):
     states = "h, c" if kind == "lstm" else "h"
     outputs = "h' and c'" if kind == "lstm" else "h'"
     params = ", ".join(n for n, _ in cell.named_parameters())
-    sizes = ", ".join(str(s) for s in SIZES)
+    sizes = _sizes(SIZES)
     return (f"{outputs} and the gradients of input, {states}, {params}, against torch.nn.{reference} "
             f"holding the same weights (state_dict, strict), in float64 to 1e-10, for (input, hidden, batch) "
             f"= {sizes}, {DRAWS} random draws each")
+
+
+def _sizes(sizes):
+    return ", ".join("(" + ",".join(str(n) for n in size) + ")" for size in sizes)  # unbroken when wrapped
 
 
 def _compare_sizes(cls, kind, nonlinearity, source, report, sizes, bias, label=""):
@@ -552,7 +556,7 @@ def _check_without_bias(cls, kind, nonlinearity, source, report):
         return
     if _compare_sizes(cls, kind, nonlinearity, source, report, SIZES[:2], bias=False, label=", bias=False"):
         report.checked.append(f"bias=False: equal to torch.nn.{reference}(..., bias=False) at "
-                              f"(input, hidden, batch) = {', '.join(str(s) for s in SIZES[:2])}")
+                              f"(input, hidden, batch) = {_sizes(SIZES[:2])}")
 
 
 def _note_conveniences(cls, kind, nonlinearity, source, report):
