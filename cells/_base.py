@@ -4,12 +4,12 @@ import math
 import torch
 from torch import nn
 
-from ._checks import ShapeError, check_floating, check_size, check_state, shape_str
+from ._checks import ShapeError, check_floating, check_size, shape_str
 
 
 def init_uniform(module, hidden_size):
     """torch's initialisation for cells and layers: every parameter uniform in ±1/√H."""
-    bound = 1.0 / math.sqrt(hidden_size)
+    bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0  # a zero-width cell has nothing to draw
     for p in module.parameters():
         nn.init.uniform_(p, -bound, bound)
 
@@ -24,8 +24,9 @@ class CellBase(nn.Module):
 
     def __init__(self, input_size, hidden_size, bias, num_gates, device=None, dtype=None):
         super().__init__()
-        check_size("input_size", input_size)
-        check_size("hidden_size", hidden_size)
+        # Zero sizes are allowed, as torch.nn's cells allow them (an empty cell is a valid edge case).
+        check_size("input_size", input_size, minimum=0)
+        check_size("hidden_size", hidden_size, minimum=0)
         factory = {"device": device, "dtype": dtype}
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         gate_size = num_gates * hidden_size
@@ -44,24 +45,43 @@ class CellBase(nn.Module):
         init_uniform(self, self.hidden_size)
 
     def extra_repr(self):
-        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias is True else f", bias={self.bias}")
 
     def check_input(self, input):
-        """Checks the input; returns it as (B, I) and whether it came batched."""
+        """Checks the input; returns it as (B, I) and whether it came batched.
+
+        Each message starts with torch.nn's own wording for the mistake, then says what came.
+        """
         name = type(self).__name__
         check_floating("input", input, self.weight_ih)
         if input.dim() not in (1, 2):
-            raise ShapeError(f"{name}: input must be 1-D (input_size,) or 2-D (batch, input_size), got "
-                             f"{input.dim()}-D tensor of shape {shape_str(input)}")
+            raise ShapeError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead: input must be "
+                             f"1-D (input_size,) or 2-D (batch, input_size), got shape {shape_str(input)}")
         if input.shape[-1] != self.input_size:
-            raise ShapeError(f"{name}: input's last dimension must be input_size={self.input_size}, "
-                             f"got shape {shape_str(input)}")
+            raise ShapeError(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}: "
+                             f"{name}'s input's last dimension must be input_size={self.input_size}, got shape "
+                             f"{shape_str(input)}")
         return (input, True) if input.dim() == 2 else (input.unsqueeze(0), False)
 
-    def initial_state(self, name, state, x, batched):
-        """A state argument as (B, H): zeros when absent, else checked against the input x (B, I)."""
+    def initial_state(self, name, state, x, batched, index=0, torch_name="hidden"):
+        """A state argument as (B, H): zeros when absent, else checked against the input x (B, I).
+
+        `index` and `torch_name` are how torch.nn's messages call this state (hidden0, hx[1], …).
+        """
         if state is None:
             return x.new_zeros(x.shape[0], self.hidden_size)
+        check_floating(name, state, self.weight_ih)
         expected = (x.shape[0], self.hidden_size) if batched else (self.hidden_size,)
-        check_state(name, state, expected, self.weight_ih)
+        if state.dim() not in (1, 2):
+            raise ShapeError(f"{type(self).__name__}: Expected {torch_name} to be 1D or 2D, got {state.dim()}D "
+                             f"instead: {name} must have shape {expected}, got {shape_str(state)}")
+        if tuple(state.shape) != expected:
+            rows = state if state.dim() == 2 else state.unsqueeze(0)  # (b, h)
+            if rows.shape[0] != x.shape[0]:
+                said = f"Input batch size {x.shape[0]} doesn't match hidden{index} batch size {rows.shape[0]}"
+            elif rows.shape[1] != self.hidden_size:
+                said = f"hidden{index} has inconsistent hidden_size: got {rows.shape[1]}, expected {self.hidden_size}"
+            else:
+                said = f"{name} must be {'2-D' if batched else '1-D'} like the input"
+            raise ShapeError(f"{said}: {name} must have shape {expected}, got {shape_str(state)}")
         return state if batched else state.unsqueeze(0)

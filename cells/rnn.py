@@ -25,9 +25,8 @@ NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 
 def check_nonlinearity(nonlinearity):
     if nonlinearity not in NONLINEARITIES:
-        raise ValueError(
-            f"Unknown nonlinearity {nonlinearity!r}: expected one of {sorted(NONLINEARITIES)}"
-        )
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'. "
+                         f"(nonlinearity={nonlinearity!r})")
 
 
 def rnn_step(x_proj, h, weight_hh, bias_hh, nonlinearity="tanh", gates=None):
@@ -57,7 +56,7 @@ class RNNCell(CellBase):
 
     def extra_repr(self):
         s = super().extra_repr()
-        return s if self.nonlinearity == "tanh" else s + f", nonlinearity={self.nonlinearity!r}"
+        return s if self.nonlinearity == "tanh" else s + f", nonlinearity={self.nonlinearity}"  # torch's repr
 
     def forward(self, input, hx=None):
         x, batched = self.check_input(input)

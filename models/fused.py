@@ -1,6 +1,6 @@
 """The fast path: one direction of one layer, with the backward through time derived by hand.
 
-`fused_direction` has the signature of `models.layers.readable_direction` and computes the same thing
+`fused_direction` has the signature of `models.unroll.readable_direction` and computes the same thing
 (the tests prove it equal to the readable path and to torch.nn, to 1e-10 in float64). What it saves:
 
 - **autograd's bookkeeping.** The readable path records every pointwise op of every step in the
@@ -28,10 +28,20 @@ dh, dc in (B, ·) buffers and updates their first b rows at step t, mirroring th
 whose sequence is inactive carries its gradient through unchanged to where it came from: the final
 state's gradient to the sequence's last step, and the first step's dh_prev to h0.
 
-Double backward (a gradient of these gradients, e.g. a gradient penalty) is not supported: the
-backward is a hand-written loop, not an autograd graph. The Functions are `once_differentiable`, so
-differentiating their gradients raises torch's RuntimeError "trying to differentiate twice a function
-that was marked with @once_differentiable"; use `impl="readable"` for that.
+What the caller receives never aliases memory this path writes again: outputs and final states
+are fresh tensors (the output is copied out of the pooled history buffer once per call), and
+gradients are fresh too. So an output can be modified in place, kept across calls, or handed to
+another process (whose shared memory the pool would otherwise overwrite). Under
+`torch.inference_mode()` the pool is bypassed: a tensor created there cannot be written outside it,
+so nothing made there is kept for later calls.
+
+Higher derivatives and batched gradients. The hand-written backward writes into buffers in place
+and reads raw memory, so it is itself not differentiable and cannot run under vmap. When autograd
+asks for a backward that must be differentiable (`create_graph=True`: a gradient penalty,
+`gradgradcheck`, grad-mode on inside backward) or passes batched gradients (`is_grads_batched=True`,
+`jacobian(vectorize=True)`, `gradcheck(check_batched_grad=True)`), the Functions instead recompute
+the forward through the readable step (`models.unroll.readable_direction`) and differentiate that
+with autograd: the same first derivatives, and correct second ones (`_backward_by_autograd`).
 
 Each step's gate math can run as one kernel instead of a dozen torch ops: on the CPU
 `models.cpu_kernels` (C++, compiled on first use; the eager ops are dispatch-bound at these sizes), on
@@ -41,9 +51,9 @@ same arithmetic as the eager lines under them, which stay as the reference and t
 import threading
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import cpu_kernels, triton_kernels
+from .unroll import readable_direction
 
 # When the steps' gate math runs as one Triton kernel: "auto" (on CUDA when triton imports),
 # "always" (also on the CPU under TRITON_INTERPRET=1, which is how the tests check the kernels) or
@@ -79,7 +89,7 @@ def fused_direction(mode, x, weight_ih, bias_ih, batch_sizes, state, weight_hh, 
                     nonlinearity):
     """One direction of one layer through the hand-derived Functions; returns (out (N, P), final states).
 
-    Same arguments and results as `models.layers.readable_direction`.
+    Same arguments and results as `models.unroll.readable_direction`.
     """
     batch_sizes = tuple(int(b) for b in batch_sizes)
     if mode == "LSTM":
@@ -131,6 +141,43 @@ def _input_grads(need, d_proj, x, weight_ih, bias_grads):
     return (d_x, d_w_ih, *d_biases)
 
 
+def _is_batched_or_wrapped(t):
+    """Whether `t` is a wrapper tensor without plain memory: batched under vmap (torch.func's, or the
+    legacy one behind `is_grads_batched=True`) or tracked under torch.func.grad."""
+    checks = ("is_functorch_wrapped_tensor", "is_legacy_batchedtensor")
+    return any(getattr(torch._C._functorch, name, lambda _: False)(t) for name in checks)
+
+
+def _needs_autograd(*grads):
+    """Whether this backward must itself be differentiable (grad mode is on inside backward exactly
+    when autograd was asked for create_graph=True) or receives batched gradients (under vmap)."""
+    return torch.is_grad_enabled() or any(g is not None and _is_batched_or_wrapped(g) for g in grads)
+
+
+def _backward_by_autograd(ctx, mode, inputs, grads, nonlinearity="tanh"):
+    """The gradients of the saved `inputs` by autograd through the readable step: differentiable again.
+
+    inputs: the Function's tensor arguments in apply order (x, weight_ih, bias_ih, h0, [c0,] weight_hh,
+    bias_hh[, weight_hr]); grads: the gradients of its outputs. The forward is recomputed through
+    `readable_direction`, which equals the hand-derived Functions (the tests prove both equal to
+    torch.nn), and differentiated with create_graph when grad mode is on.
+    """
+    if mode == "LSTM":
+        x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr = inputs
+        state = (h0, c0)
+    else:
+        (x, weight_ih, bias_ih, h0, weight_hh, bias_hh), state, weight_hr = inputs, (inputs[3],), None
+    need = ctx.needs_input_grad[: len(inputs)]
+    wanted = [t for t, n in zip(inputs, need) if n]
+    with torch.enable_grad():
+        out, finals = readable_direction(mode, x, weight_ih, bias_ih, ctx.lay.sizes, state, weight_hh, bias_hh,
+                                         weight_hr, ctx.lay.reverse, nonlinearity)
+    pairs = [(o, g) for o, g in zip((out, *finals), grads) if g is not None]
+    got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                   create_graph=torch.is_grad_enabled(), allow_unused=True))
+    return tuple(next(got) if n else None for n in need)
+
+
 # -- buffers -----------------------------------------------------------------------------------------
 
 
@@ -172,7 +219,8 @@ class _Workspace:
         for s in shape:
             numel *= s
         nbytes = numel * like.element_size()
-        if not self.enabled or like.device.type != "cpu" or not self.min_bytes <= nbytes <= self.max_bytes:
+        if (not self.enabled or like.device.type != "cpu" or not self.min_bytes <= nbytes <= self.max_bytes
+                or torch.is_inference_mode_enabled()):  # an inference tensor cannot be written outside it
             return like.new_empty(shape)
         key = (like.dtype, numel)
         with self.lock:
@@ -399,17 +447,19 @@ class LSTMFunction(torch.autograd.Function):
 
         ctx.lay, ctx.training = lay, training
         if training:
-            ctx.save_for_backward(k, acts, lay.stacked_previous(h_buf, h_prevs), m_buf, weight_hh, weight_hr,
-                                  x, weight_ih)
-        return out, lay.final(outs, h_init), lay.final(c_outs, c_init)
+            ctx.save_for_backward(x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr,
+                                  k, acts, lay.stacked_previous(h_buf, h_prevs), m_buf)
+        return out.clone(), lay.final(outs, h_init), lay.final(c_outs, c_init)  # (N, P), (B, P), (B, H)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_out, d_hn, d_cn):
         if not ctx.training:
             raise RuntimeError("LSTMFunction ran with training=False, so it saved nothing to backpropagate "
                                "through; call it with training=True when a gradient is wanted")
-        k, acts, h_prev, m_buf, weight_hh, weight_hr, x, weight_ih = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        if _needs_autograd(d_out, d_hn, d_cn):
+            return _backward_by_autograd(ctx, "LSTM", saved[:8], (d_out, d_hn, d_cn)) + (None,) * 3
+        x, weight_ih, _, _, _, weight_hh, _, weight_hr, k, acts, h_prev, m_buf = saved
         lay = ctx.lay
         N, H, P = lay.N, k.shape[1] // 5, h_prev.shape[1]
         d_z = _workspace.empty(k, N, 4 * H)  # (N, 4H): d z = d x_proj
@@ -530,13 +580,16 @@ class GRUFunction(torch.autograd.Function):
             torch.lerp(n, h_prev, z, out=outs[t])  # n + z ⊙ (h_prev − n)
 
         ctx.lay = lay
-        ctx.save_for_backward(rz, n_buf, hh, lay.stacked_previous(h_buf, h_prevs), weight_hh, x, weight_ih)
-        return out, lay.final(outs, h_init)
+        ctx.save_for_backward(x, weight_ih, bias_ih, h0, weight_hh, bias_hh,
+                              rz, n_buf, hh, lay.stacked_previous(h_buf, h_prevs))
+        return out.clone(), lay.final(outs, h_init)  # (N, H), (B, H)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_out, d_hn):
-        rz, n, hh, h_prev, weight_hh, x, weight_ih = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        if _needs_autograd(d_out, d_hn):
+            return _backward_by_autograd(ctx, "GRU", saved[:6], (d_out, d_hn)) + (None,) * 2
+        x, weight_ih, _, _, weight_hh, _, rz, n, hh, h_prev = saved
         lay = ctx.lay
         N, H = lay.N, n.shape[1]
         d_hh = _workspace.empty(rz, N, 3 * H)  # (N, 3H)
@@ -623,13 +676,16 @@ class RNNFunction(torch.autograd.Function):
             act(torch.addmm(xs[t], h_prev, w_hh_t, out=outs[t]))  # (b, H)
 
         ctx.lay, ctx.tanh = lay, tanh
-        ctx.save_for_backward(out, lay.stacked_previous(h_buf, h_prevs), weight_hh, x, weight_ih)
-        return out, lay.final(outs, h_init)
+        ctx.save_for_backward(x, weight_ih, bias_ih, h0, weight_hh, bias_hh, out, lay.stacked_previous(h_buf, h_prevs))
+        return out.clone(), lay.final(outs, h_init)  # (N, H), (B, H)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_out, d_hn):
-        out, h_prev, weight_hh, x, weight_ih = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        if _needs_autograd(d_out, d_hn):
+            nonlinearity = "tanh" if ctx.tanh else "relu"
+            return _backward_by_autograd(ctx, "RNN", saved[:6], (d_out, d_hn), nonlinearity) + (None,) * 3
+        x, weight_ih, _, _, weight_hh, _, out, h_prev = saved
         lay = ctx.lay
         N, H = lay.N, out.shape[1]
         slope = 1 - out * out if ctx.tanh else (out > 0).to(out.dtype)  # (N, H): φ'

@@ -18,7 +18,6 @@ the device: "fused" on CPU and CUDA, else "readable".
 """
 import numbers
 import warnings
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -27,35 +26,53 @@ from torch.nn.utils.rnn import PackedSequence
 
 from cells import gru_step, lstm_step, rnn_step
 from cells._base import init_uniform
-from cells._checks import ShapeError, check_floating, check_size, check_state, shape_str
+from cells._checks import (DtypeError, ShapeError, any_autocast_enabled, autocast_enabled, check_bool,
+                           check_floating, check_size, shape_str)
 from cells.rnn import check_nonlinearity
 
 from .fused import fused_direction, fused_supported
-from .unroll import unroll
+from .unroll import readable_direction
 
 GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
 IMPLS = ("auto", "readable", "fused")
 
 
-def readable_direction(mode, x, weight_ih, bias_ih, batch_sizes, state, weight_hh, bias_hh, weight_hr, reverse,
-                       nonlinearity):
-    """One direction of one layer through the cell's readable step; returns (out (N, P), final states).
+def _compiling():
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    return False
 
-    x: (N, I) the layer's input in the packed layout; state: the initial states, each (B, ·).
+
+def _functorch_active():
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    return level is not None and level() is not None
+
+
+def readable_reason(device):
+    """Why this call must take the readable path whatever `impl` says, or None when the fast path may run.
+
+    The fast path's Functions run kernels on raw memory with a hand-written backward: they have no
+    forward-mode or vmap rule, cannot be traced or compiled, and compute in one dtype. The readable
+    path is plain differentiable torch ops, which every one of these features understands, and gives
+    the same numbers (the tests prove both equal to torch.nn).
     """
-    x_proj = F.linear(x, weight_ih, bias_ih)  # (N, G·H): the whole sequence's input in one matmul
-    if mode == "LSTM":
-        step = partial(lstm_step, weight_hh=weight_hh, bias_hh=bias_hh, weight_hr=weight_hr)
-    elif mode == "GRU":
-        step = partial(gru_step, weight_hh=weight_hh, bias_hh=bias_hh)
-    else:
-        step = partial(rnn_step, weight_hh=weight_hh, bias_hh=bias_hh, nonlinearity=nonlinearity)
-    return unroll(step, x_proj, batch_sizes, state, reverse)
+    if torch.jit.is_tracing():
+        return "torch.jit.trace"
+    if _compiling():
+        return "torch.compile"
+    if autocast_enabled(device.type):
+        return "autocast"  # the readable step's matmuls follow autocast like torch.nn's
+    if torch.autograd.forward_ad._current_level >= 0:
+        return "forward-mode AD"
+    if _functorch_active():
+        return "torch.func"
+    return None
 
 
 def select_direction(impl, device):
-    """The function that runs one direction of one layer for `impl` on `device`."""
-    if impl == "readable" or (impl == "auto" and not fused_supported(device)):
+    """The function that runs one direction of one layer for `impl` on `device`, in the current context."""
+    if impl == "readable" or readable_reason(device) is not None or (impl == "auto" and not fused_supported(device)):
         return readable_direction
     return fused_direction
 
@@ -67,21 +84,31 @@ class RNNBase(nn.Module):
                  dropout=0.0, bidirectional=False, proj_size=0, nonlinearity="tanh", device=None,
                  dtype=None, impl="auto"):
         super().__init__()
+        # Each message contains torch.nn's own wording for the same mistake, so code that matches it
+        # keeps working, and then says what was given.
         check_size("input_size", input_size)
         check_size("hidden_size", hidden_size)
         check_size("num_layers", num_layers)
-        check_size("proj_size", proj_size, minimum=0)
+        check_bool("bias", bias)
+        check_bool("batch_first", batch_first)
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int):
+            raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__} ({proj_size!r})")
         if proj_size and mode != "LSTM":
-            raise ValueError(f"proj_size is only supported for LSTM, not {mode}; got proj_size={proj_size}")
+            raise ValueError(f"proj_size argument is only supported for LSTM, not RNN or GRU; got "
+                             f"proj_size={proj_size} for {mode}")
+        if proj_size < 0:
+            raise ValueError(f"proj_size should be a positive integer or zero to disable projections, "
+                             f"got proj_size={proj_size}")
         if proj_size >= hidden_size:
-            raise ValueError(f"proj_size must be smaller than hidden_size, got proj_size={proj_size} "
+            raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
                              f">= hidden_size={hidden_size}")
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
-            raise ValueError(f"dropout must be a number in [0, 1] (the probability of zeroing an "
-                             f"element), got {dropout!r}")
+            raise ValueError(f"dropout should be a number in range [0, 1] representing the probability of an "
+                             f"element being zeroed, got dropout={dropout!r}")
         if dropout > 0 and num_layers == 1:
-            warnings.warn(f"dropout={dropout} and num_layers=1: dropout acts between layers only, "
-                          f"so it has no effect here")
+            warnings.warn(f"dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                          f"expects num_layers greater than 1, but got dropout={dropout} and "
+                          f"num_layers={num_layers}", stacklevel=3)
         check_nonlinearity(nonlinearity)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -94,7 +121,7 @@ class RNNBase(nn.Module):
         gate_size = GATES[mode] * hidden_size  # G·H
         real_hidden = proj_size or hidden_size  # P: the size of h
         directions = 2 if bidirectional else 1
-        self._flat_weights_names = []
+        self._flat_weights_names, self._all_weights = [], []  # torch.nn's names for them
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else real_hidden * directions
             for suffix in ["", "_reverse"][:directions]:
@@ -109,7 +136,8 @@ class RNNBase(nn.Module):
                     shapes[f"weight_hr_l{layer}{suffix}"] = (proj_size, hidden_size)
                 for name, shape in shapes.items():
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
-                    self._flat_weights_names.append(name)
+                self._flat_weights_names.extend(shapes)
+                self._all_weights.append(list(shapes))
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -120,25 +148,29 @@ class RNNBase(nn.Module):
         """No-op, for code written against torch.nn (cuDNN wants one flat weight buffer; we don't)."""
 
     @property
+    def _flat_weights(self):
+        """The weights in torch's order as they are now (torch.nn keeps this list; code reads it, e.g.
+        to see what weight_norm replaced)."""
+        return [getattr(self, name, None) for name in self._flat_weights_names]
+
+    @property
     def all_weights(self):
         """The parameters grouped per layer and direction, in torch's order."""
-        per_direction = len(self._flat_weights_names) // (self.num_layers * (2 if self.bidirectional else 1))
-        names = self._flat_weights_names
-        return [[getattr(self, n) for n in names[i : i + per_direction]]
-                for i in range(0, len(names), per_direction)]
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
 
     def extra_repr(self):
+        """torch.nn's repr (which leaves out the RNN's nonlinearity), plus `impl` when not the default."""
         s = f"{self.input_size}, {self.hidden_size}"
         if self.proj_size:
             s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
-                              ("bidirectional", False), ("impl", "auto")):
+                              ("bidirectional", False)):
             if getattr(self, name) != default:
-                s += f", {name}={getattr(self, name)!r}"
-        if self.mode == "RNN" and self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
+                s += f", {name}={getattr(self, name)}"
+        if self.impl != "auto":
+            s += f", impl={self.impl!r}"
         return s
 
     def _weights(self, layer, direction):
@@ -149,37 +181,45 @@ class RNNBase(nn.Module):
     # -- forward --------------------------------------------------------------------------------
 
     def forward(self, input, hx=None):
-        name = type(self).__name__
-        weight = self.weight_ih_l0
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            check_floating("input", data, weight)
+            self._check_input(data)
+            if data.dim() != 2:
+                raise ShapeError(f"input must have 2 dimensions, got {data.dim()}: a PackedSequence's data is "
+                                 f"(sum of lengths, input_size), got shape {shape_str(data)}")
             batched, batch_sizes = True, batch_sizes.tolist()
             batch = batch_sizes[0]
             x = data  # (N, I)
         else:
-            check_floating("input", input, weight)
+            self._check_input(input)
             if input.dim() not in (2, 3):
-                raise ShapeError(f"{name}: input must be 3-D (seq_len, batch, input_size) "
+                tensor = " tensor" if self.mode == "RNN" else ""
+                raise ShapeError(f"{self.mode}: Expected input to be 2D or 3D, got {input.dim()}D{tensor} instead: "
+                                 f"input must be 3-D (seq_len, batch, input_size) "
                                  f"{'[batch_first: (batch, seq_len, input_size)] ' if self.batch_first else ''}"
-                                 f"or 2-D unbatched (seq_len, input_size), got {input.dim()}-D tensor "
-                                 f"of shape {shape_str(input)}")
+                                 f"or 2-D unbatched (seq_len, input_size), got shape {shape_str(input)}")
             batched = input.dim() == 3
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
             steps, batch = x.shape[0], x.shape[1]
             if steps == 0:
-                raise ShapeError(f"{name}: input must have at least one time step, got shape {shape_str(input)}")
+                raise ShapeError(f"{self.mode}: input must have at least one time step, got shape {shape_str(input)}")
             batch_sizes = [batch] * steps
             sorted_indices = unsorted_indices = None
             x = x.reshape(steps * batch, x.shape[2])  # (T·B, I), time-major
         if x.shape[-1] != self.input_size:
             given = input.data if isinstance(input, PackedSequence) else input
-            raise ShapeError(f"{name}: input's last dimension must be input_size={self.input_size}, "
-                             f"got {x.shape[-1]} (input shape {shape_str(given)})")
+            raise ShapeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got "
+                             f"{x.shape[-1]} (input shape {shape_str(given)})")
 
         states = self._initial_states(hx, batch, batched, x, sorted_indices)
+        if torch.jit.is_tracing():
+            warnings.warn(f"{type(self).__name__} under torch.jit.trace: the trace records the readable step "
+                          f"unrolled over this input's {len(batch_sizes)} time steps, so the traced module "
+                          f"accepts inputs with this sequence length (and these packed batch sizes) only. "
+                          f"For other lengths call the module itself or use torch.compile; torch.jit.script is "
+                          f"not supported (the time loop is Python).", torch.jit.TracerWarning, stacklevel=2)
         output, finals = self._run_layers(x, batch_sizes, states)
 
         finals = tuple(s if unsorted_indices is None else s.index_select(1, unsorted_indices) for s in finals)
@@ -193,27 +233,51 @@ class RNNBase(nn.Module):
                 output = output.transpose(0, 1)
         return (output, finals) if self.mode == "LSTM" else (output, finals[0])
 
+    def _check_input(self, input):
+        """input is a floating tensor of the weights' dtype (any dtype under autocast, as in torch.nn)."""
+        weight = self.weight_ih_l0
+        if isinstance(input, torch.Tensor) and input.is_floating_point() and input.dtype != weight.dtype \
+                and not any_autocast_enabled():
+            raise DtypeError(f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
+                             f"Convert input: input.to({weight.dtype}), or convert model: model.to({input.dtype})")
+        check_floating("input", input, weight)
+
     def _initial_states(self, hx, batch, batched, x, sorted_indices):
-        """hx as a tuple of (L·D, B, ·) tensors in the sorted order of a PackedSequence."""
-        directions = 2 if self.bidirectional else 1
-        sizes = [self.proj_size or self.hidden_size]
-        names = ["hx"]
-        if self.mode == "LSTM":
-            sizes, names = sizes + [self.hidden_size], ["hx[0] (h_0)", "hx[1] (c_0)"]
-            if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+        """hx as a list of (L·D, B, ·) tensors in the sorted order of a PackedSequence."""
+        lstm = self.mode == "LSTM"
+        layers = self.num_layers * (2 if self.bidirectional else 1)  # L·D
+        sizes = [self.proj_size or self.hidden_size] + ([self.hidden_size] if lstm else [])
+        if hx is None:
+            return [x.new_zeros(layers, batch, size) for size in sizes]
+        if lstm:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
-        elif hx is not None and not isinstance(hx, torch.Tensor):
-            raise TypeError(f"{type(self).__name__}: hx must be a tensor, got {type(hx).__name__}")
-        hx = (hx,) if self.mode != "LSTM" and hx is not None else hx
+            names = ("hx[0] (h_0)", "hx[1] (c_0)")
+        else:
+            if not isinstance(hx, torch.Tensor):
+                raise TypeError(f"{self.mode}: hx must be a tensor, got {type(hx).__name__}")
+            hx, names = (hx,), ("hx",)
+        for name, state in zip(names, hx):
+            check_floating(name, state, self.weight_ih_l0)
+        dims = 3 if batched else 2
+        if any(state.dim() != dims for state in hx):
+            got = ", ".join(f"{state.dim()}-D" for state in hx)
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            said = (f"hx and cx should also be {dims}-D but got ({got}) tensors" if lstm
+                    else f"hx should also be {dims}-D but got {got} tensor")
+            expected = [(layers, batch, size) if batched else (layers, size) for size in sizes]
+            raise ShapeError(f"For {kind} input, {said}: {' and '.join(names)} must have shape "
+                             f"{', '.join(map(str, expected))}, got {', '.join(shape_str(t) for t in hx)}")
         states = []
-        for i, (size, name) in enumerate(zip(sizes, names)):
-            if hx is None:
-                states.append(x.new_zeros(self.num_layers * directions, batch, size))
-                continue
-            expected = (self.num_layers * directions, batch, size) if batched else (self.num_layers * directions, size)
-            check_state(name, hx[i], expected, self.weight_ih_l0)
-            s = hx[i] if batched else hx[i].unsqueeze(1)
-            states.append(s if sorted_indices is None else s.index_select(1, sorted_indices))
+        for i, (name, state, size) in enumerate(zip(names, hx, sizes)):
+            as_batched = state if batched else state.unsqueeze(1)  # (L·D, B, ·)
+            expected = (layers, batch, size)
+            if tuple(as_batched.shape) != expected:
+                label = f"hidden[{i}]" if lstm else "hidden"
+                shown = expected if batched else (layers, size)
+                raise ShapeError(f"Expected {label} size {expected}, got {list(as_batched.shape)}: {name} must have "
+                                 f"shape {shown}, got {shape_str(state)}")
+            states.append(as_batched if sorted_indices is None else as_batched.index_select(1, sorted_indices))
         return states
 
     def _run_layers(self, x, batch_sizes, states):
@@ -263,16 +327,25 @@ class RNNBase(nn.Module):
         return {k: torch.stack(v) for k, v in trace.items()}
 
 
+def _refuse_proj_size(mode, proj_size):
+    if proj_size is not None:
+        raise ValueError(f"proj_size argument is only supported for LSTM, not RNN or GRU; got "
+                         f"proj_size={proj_size!r} for {mode} (use models.LSTM for projections)")
+
+
 class RNN(RNNBase):
     """Elman RNN layer(s), drop-in for `torch.nn.RNN` (see `cells/rnn.py` for the equations).
 
     RNN(input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
         dropout=0.0, bidirectional=False, device=None, dtype=None, impl="auto")
     forward(input, hx=None) -> (output, h_n), shapes as in torch.nn.RNN.
+    Projections are LSTM-only: passing `proj_size` raises ValueError, as in torch.nn.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, impl="auto"):
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, impl="auto", *,
+                 proj_size=None):
+        _refuse_proj_size("RNN", proj_size)
         super().__init__("RNN", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, nonlinearity, device, dtype, impl)
 
@@ -297,9 +370,11 @@ class GRU(RNNBase):
     GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
         bidirectional=False, device=None, dtype=None, impl="auto")
     forward(input, hx=None) -> (output, h_n), shapes as in torch.nn.GRU.
+    Projections are LSTM-only: passing `proj_size` raises ValueError, as in torch.nn.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, device=None, dtype=None, impl="auto"):
+                 bidirectional=False, device=None, dtype=None, impl="auto", *, proj_size=None):
+        _refuse_proj_size("GRU", proj_size)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, "tanh", device, dtype, impl)

@@ -6,7 +6,12 @@ batch is the special case batch_sizes = [B] * T. At step t only the first batch_
 are still running; the others keep their state, which is how each sequence ends with its own final
 state (and, running backwards, starts from its own initial state).
 """
+from functools import partial
+
 import torch
+import torch.nn.functional as F
+
+from cells import gru_step, lstm_step, rnn_step
 
 
 def unroll(step, x_proj, batch_sizes, state, reverse=False):
@@ -29,3 +34,21 @@ def unroll(step, x_proj, batch_sizes, state, reverse=False):
         state = tuple(n if b == s.shape[0] else torch.cat([n, s[b:]]) for n, s in zip(new, state))
         outputs[t] = new[0]
     return torch.cat(outputs), state
+
+
+def readable_direction(mode, x, weight_ih, bias_ih, batch_sizes, state, weight_hh, bias_hh, weight_hr, reverse,
+                       nonlinearity):
+    """One direction of one layer through the cell's readable step; returns (out (N, P), final states).
+
+    x: (N, I) the layer's input in the packed layout; state: the initial states, each (B, ·).
+    Every op is a plain differentiable torch op, so this path works under every autograd feature
+    (double backward, forward-mode AD, torch.func, autocast, tracing, torch.compile).
+    """
+    x_proj = F.linear(x, weight_ih, bias_ih)  # (N, G·H): the whole sequence's input in one matmul
+    if mode == "LSTM":
+        step = partial(lstm_step, weight_hh=weight_hh, bias_hh=bias_hh, weight_hr=weight_hr)
+    elif mode == "GRU":
+        step = partial(gru_step, weight_hh=weight_hh, bias_hh=bias_hh)
+    else:
+        step = partial(rnn_step, weight_hh=weight_hh, bias_hh=bias_hh, nonlinearity=nonlinearity)
+    return unroll(step, x_proj, batch_sizes, state, reverse)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+import cells
 import models
 
 DEVICES = [
@@ -78,3 +79,31 @@ def clone_inputs(inputs):
             return type(t)(clone(x) for x in t)
         return t.detach().clone().requires_grad_(t.requires_grad)
     return [clone(i) for i in inputs]
+
+
+CELLS = {  # name: (ours, torch.nn's, extra constructor arguments)
+    "rnn_tanh": (cells.RNNCell, nn.RNNCell, {"nonlinearity": "tanh"}),
+    "rnn_relu": (cells.RNNCell, nn.RNNCell, {"nonlinearity": "relu"}),
+    "lstm": (cells.LSTMCell, nn.LSTMCell, {}),
+    "gru": (cells.GRUCell, nn.GRUCell, {}),
+}
+
+
+def layer_pair(kind, input_size=3, hidden_size=4, impl="auto", dtype=torch.float64, seed=0, **options):
+    """(ours, torch.nn's) layers of one kind with the same weights (copied by name, strict)."""
+    ours_cls, ref_cls, extra = LAYERS[kind]
+    torch.manual_seed(seed)
+    ref = ref_cls(input_size, hidden_size, dtype=dtype, **extra, **options)
+    ours = ours_cls(input_size, hidden_size, dtype=dtype, impl=impl, **extra, **options)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ours, ref
+
+
+def cell_pair(kind, input_size=3, hidden_size=4, dtype=torch.float64, seed=0):
+    """(ours, torch.nn's) cells of one kind with the same weights (copied by name, strict)."""
+    ours_cls, ref_cls, extra = CELLS[kind]
+    torch.manual_seed(seed)
+    ref = ref_cls(input_size, hidden_size, dtype=dtype, **extra)
+    ours = ours_cls(input_size, hidden_size, dtype=dtype, **extra)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ours, ref

@@ -79,6 +79,9 @@ def _common_options(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--impl", choices=cfg.IMPLS,
                    help="ours: our layers, fastest path (default); readable: our plain per-step unroll; "
                         "torch: torch.nn, for comparison")
+    g.add_argument("--cell-class", metavar="FILE.py:CLASS",
+                   help="train your own cell (see `python -m cells.check --template lstm`), unrolled by our "
+                        "readable path; it is checked against torch.nn first, with a warning if it differs")
     g.add_argument("--hidden", type=_positive_int, help="hidden units per layer and direction")
     g.add_argument("--layers", type=_positive_int, help="stacked layers")
     g.add_argument("--bidirectional", action="store_true", default=None, help="read the sequence both ways")
@@ -204,6 +207,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     task = args.task
     given = {k: v for k, v in vars(args).items() if k not in ("task", "resume", "stop_after_steps")}
 
+    if args.cell_class:
+        problem = _learner_cell(args.cell_class, given)
+        if problem:
+            _say(f"error: {problem}")
+            return 2
+
     try:
         if args.resume:
             config = _resume_config(task, given, pathlib.Path(default_out(cfg.resolve(task, given))))
@@ -233,7 +242,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def default_out(config: cfg.Config) -> str:
+    if config.cell_class:
+        return config.out or f"runs/{config.task}-{pathlib.Path(config.cell_class.split(':')[0]).stem}"
     return config.out or f"runs/{config.task}-{config.preset or config.cell}-{config.impl}"
+
+
+def _learner_cell(spec: str, given: dict[str, Any]) -> Optional[str]:
+    """Check a learner's cell (--cell-class) against torch.nn before training it: a cell that differs
+    is trained anyway, after a warning; only what is not a cell at all is refused (the sentence why).
+    Sets --cell to the cell's kind and --impl to readable, the unroll that runs it."""
+    from cells.check import check_file
+
+    report = check_file(spec)
+    if report.status == 2:
+        return str(report)
+    if given.get("cell") not in (None, report.kind):
+        return f"--cell {given['cell']} does not fit --cell-class {spec}, a {report.kind} cell"
+    if given.get("impl") not in (None, "readable"):
+        return f"--cell-class runs your cell on our readable unroll; --impl {given['impl']} cannot apply"
+    given.update(cell=report.kind, impl="readable")
+    if report.equal:
+        _say(f"cells.check: {report.name} equals {report.reference}")
+    else:
+        _say(f"warning: {report}\nTraining it anyway.")
+    return None
 
 
 def _say(message: str) -> None:

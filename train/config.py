@@ -46,6 +46,7 @@ class Config:
     # model
     cell: str = "lstm"
     impl: str = "ours"
+    cell_class: Optional[str] = None  # "FILE.py:CLASS": a learner's own cell (train/learner.py)
     hidden: int = 128
     layers: int = 1
     bidirectional: bool = False

@@ -89,6 +89,11 @@ def recurrent_layer(config: Config, input_size: int) -> nn.Module:
     reference = TORCH_LAYERS[config.cell](**kwargs)
     if config.impl == "torch":
         return reference
+    if config.cell_class:  # a learner's own cell, on the readable unroll, from torch.nn's weights
+        from .learner import learner_layer
+
+        with torch.random.fork_rng(devices=[]):
+            return learner_layer(config, input_size, reference)
     # Ours is built with the RNG forked and then given torch.nn's initial weights by name, so that
     # one --seed starts `--impl ours` and `--impl torch` from the same weights and their curves can
     # be laid side by side. Our layers' own initialisation draws from the same U(-1/√H, 1/√H).
@@ -108,6 +113,7 @@ def set_forget_bias(rnn: nn.Module, value: float) -> None:
     hidden = rnn.hidden_size
     with torch.no_grad():
         for name, param in rnn.named_parameters():
+            name = name.rsplit(".", 1)[-1]  # a learner's layer holds its cells as cells.0.bias_ih, ...
             if name.startswith("bias_ih"):
                 param[hidden : 2 * hidden] = value  # gate order i, f, g, o: f is the second slice
             elif name.startswith("bias_hh"):
@@ -159,7 +165,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def our_layer_like(config: Config, rnn: nn.Module) -> Optional[nn.Module]:
     """Our layer holding the weights of `rnn` (ours or torch.nn), on the CPU in float32, for
-    `gate_trace`; None when our layers cannot be imported."""
+    `gate_trace`; None when our layers cannot be imported. A learner's layer traces itself."""
+    if config.cell_class:
+        return rnn
     try:
         cls = _our_layer_class(config.cell)
     except Exception:

@@ -126,7 +126,8 @@ def plot_gates(plt, model, data, config: Config, path: pathlib.Path, index: int 
     x = data.x_test[index].float().cpu()  # (T, I)
     label = int(data.y_test[index])
     trace = layer.gate_trace(x)  # key → (T, H)
-    panels = GATE_PANELS[config.cell]
+    # A learner's cell may expose none of its gates (train/learner.py): then only h (and c) are drawn.
+    panels = [(key, title) for key, title in GATE_PANELS[config.cell] if key in trace]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.2 * (len(panels) + 1), 3.6))
     image = x.reshape(28, 28) if x.numel() == 784 else x
     if config.order == "permuted":

@@ -1,0 +1,21 @@
+"""Helpers shared by test modules (pytest loads this file; test modules never import each other)."""
+import pathlib
+
+import pytest
+
+LEARNER_CELLS = pathlib.Path(__file__).parent / "learner_cells"
+
+
+@pytest.fixture
+def plant(tmp_path):
+    """plant(base, old, new): a copy of tests/learner_cells/<base> in tmp_path with `old` replaced by
+    `new` (a mistake planted in a correct learner's cell); returns its path. `old` must occur."""
+    def write(base, old=None, new=None):
+        source = (LEARNER_CELLS / base).read_text()
+        if old is not None:
+            assert old in source, f"{old!r} not in {base}"
+            source = source.replace(old, new)
+        path = tmp_path / base
+        path.write_text(source)
+        return path
+    return write
