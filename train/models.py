@@ -135,7 +135,7 @@ def init_weight_hh(rnn: nn.Module, how: str) -> None:
     # Drawn on a forked RNG, so every other weight (the head's too) starts as it would with "torch".
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         for name, param in rnn.named_parameters():
-            if not name.startswith("weight_hh"):
+            if not name.rsplit(".", 1)[-1].startswith("weight_hh"):  # a learner's layer: cells.<k>.weight_hh
                 continue
             for block in param.split(hidden, dim=0):  # one (H, H) block per gate
                 if how == "orthogonal":
