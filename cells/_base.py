@@ -51,7 +51,7 @@ class CellBase(nn.Module):
         """Checks the input; returns it as (B, I) and whether it came batched.
 
         Each message starts with torch.nn's own wording for the mistake, then says what came; as in
-        torch.nn the shapes are checked before the dtype.
+        torch.nn the shapes (of the states too) are checked before the dtypes (`check_dtypes`).
         """
         name = type(self).__name__
         check_floating("input", input, self.weight_ih, match_dtype=False)
@@ -62,7 +62,6 @@ class CellBase(nn.Module):
             raise ShapeError(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}: "
                              f"{name}'s input's last dimension must be input_size={self.input_size}, got shape "
                              f"{shape_str(input)}")
-        check_dtype("input", input, self.weight_ih)
         return (input, True) if input.dim() == 2 else (input.unsqueeze(0), False)
 
     def initial_state(self, name, state, x, batched, index=0, torch_name="hidden"):
@@ -86,5 +85,9 @@ class CellBase(nn.Module):
             else:
                 said = f"{name} must be {'2-D' if batched else '1-D'} like the input"
             raise ShapeError(f"{said}: {name} must have shape {expected}, got {shape_str(state)}")
-        check_dtype(name, state, self.weight_ih)
         return state if batched else state.unsqueeze(0)
+
+    def check_dtypes(self, **tensors):
+        """The input and states have the weights' dtype (after their shapes, as torch.nn checks)."""
+        for name, tensor in tensors.items():
+            check_dtype(name, tensor, self.weight_ih)

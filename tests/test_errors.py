@@ -251,3 +251,6 @@ def test_cell_checks_shapes_before_dtype(cls):
     """As torch.nn: a wrong-sized input of another dtype is reported for its size."""
     with raises(ShapeError, "input has inconsistent input_size: got 11 expected 10"):
         cls(10, 20)(torch.randn(3, 11, dtype=torch.float64))
+    state = torch.randn(3, 21, dtype=torch.float64)
+    with raises(ShapeError, "hidden0 has inconsistent hidden_size: got 21, expected 20"):
+        cls(10, 20)(torch.randn(3, 10, dtype=torch.float64), (state, state) if cls is cells.LSTMCell else state)
