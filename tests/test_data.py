@@ -2,8 +2,8 @@
 
 Everything except the last two tests runs on small IDX files written into tmp_path, and no test
 touches the network: downloads go through a monkeypatched ``torch.hub.download_url_to_file``.
-The real-MNIST tests read ``$MNIST_DIR`` (CI points it at shared/data) and skip without it; the
-reference for the reader is ``torchvision.datasets.MNIST``, where torchvision imports.
+The real-MNIST tests read ``$MNIST_DIR`` (CI points it at shared/data), else the copy shipped in
+train/mnist/; the reference for the reader is ``torchvision.datasets.MNIST``, where torchvision imports.
 """
 
 import gzip
@@ -111,10 +111,66 @@ def test_find_missing_names_places(tmp_path):
 
 
 def test_default_data_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("MNIST_DIR", str(tmp_path))
-    assert default_data_dir() == tmp_path
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MNIST_DIR", str(tmp_path / "env"))
+    assert default_data_dir() == tmp_path / "env"  # even when empty: it is downloaded into
     monkeypatch.delenv("MNIST_DIR")
-    assert default_data_dir() == pathlib.Path("data")
+    assert default_data_dir() == data.BUNDLED_DIR  # no ./data: the copy shipped with the code
+    local = tmp_path / "data" / "MNIST" / "raw"
+    local.mkdir(parents=True)
+    for name in data.MNIST_FILES:
+        (local / (name + ".gz")).write_bytes(b"")
+        # ./data is chosen only once it holds all four files: a half-finished download is not
+        assert default_data_dir() == (pathlib.Path("data") if name == "t10k-labels-idx1-ubyte" else data.BUNDLED_DIR)
+    (local / "train-images-idx3-ubyte.gz").unlink()
+    monkeypatch.setattr(data, "BUNDLED_DIR", tmp_path / "gone")
+    assert default_data_dir() == pathlib.Path("data")  # no shipped copy either: download into ./data
+
+
+def test_bundled_copy_is_complete_and_official():
+    for name, (count, _) in data.MNIST_FILES.items():
+        path = find_mnist_file(data.BUNDLED_DIR, name)
+        assert path.parent == data.BUNDLED_DIR and path.suffix == ".gz"
+    x, y = load_mnist(data.BUNDLED_DIR, "test", download=False)  # md5-checked
+    assert x.shape == (10000, 28, 28) and y[:3].tolist() == [7, 2, 1]
+
+
+def test_offline_default_reads_the_bundled_copy(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    # The autouse fixture fails the test if anything is downloaded.
+    x, y = load_mnist(None, "test")
+    assert x.shape == (10000, 28, 28) and y.shape == (10000,)
+    assert not (tmp_path / "data").exists()
+
+
+def bundled_copy(tmp_path, monkeypatch) -> pathlib.Path:
+    """A stand-in for the shipped folder (links to the real files), which a test may then spoil."""
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    for name in data.MNIST_FILES:
+        (folder / (name + ".gz")).symlink_to(data.BUNDLED_DIR / (name + ".gz"))
+    monkeypatch.setattr(data, "BUNDLED_DIR", folder)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    return folder
+
+
+@pytest.mark.parametrize("damage, words", [("truncate", "truncated or corrupt"), ("flip", "md5")])
+def test_corrupt_bundled_file_is_named(tmp_path, monkeypatch, damage, words):
+    folder = bundled_copy(tmp_path, monkeypatch)
+    path = folder / "t10k-labels-idx1-ubyte.gz"
+    content = bytearray(gzip.decompress(path.read_bytes()))
+    path.unlink()
+    if damage == "truncate":
+        path.write_bytes(gzip.compress(bytes(content[:-10])))
+    else:
+        content[-1] = (content[-1] + 1) % 10  # still a digit: only the md5 can tell
+        path.write_bytes(gzip.compress(bytes(content)))
+    with pytest.raises(DataError, match=words) as e:
+        load_mnist(None, "test")
+    message = str(e.value)
+    assert str(path) in message and "restore the copy that ships with the code" in message
 
 
 def test_bad_split(tmp_path):
@@ -340,6 +396,30 @@ def test_permutation_fixed_and_true():
         assert torch.equal(permuted, pixels[:, mnist_permutation(seed)])
 
 
+@pytest.mark.parametrize("order", ["rows", "pixels", "permuted"])
+def test_shift_moves_the_image(order):
+    images = torch.zeros(3, 28, 28, dtype=torch.uint8)
+    images[:, 5, 7] = 255
+    images[:, 0, 27] = 100  # moved out of the picture by dx = +1
+    x = mnist_sequences(images, order)
+    table = data.shift_table(2, order)
+    assert table.shape == (25, 784)
+    # rows of the table: (dy, dx) from (-2, -2) to (2, 2), dx fastest; 12 is (0, 0)
+    moved = data.shift_images(x, table, torch.tensor([12, 0, 13]))
+    assert torch.equal(moved[0], x[0])
+    background = -MNIST_MEAN / MNIST_STD
+    for b, (dy, dx) in ((1, (-2, -2)), (2, (0, 1))):
+        expected = torch.roll(images[b], (dy, dx), (0, 1))
+        if dx > 0:
+            expected[:, :dx] = 0
+        if dx < 0:
+            expected[:, dx:] = 0
+        if dy < 0:
+            expected[dy:, :] = 0
+        torch.testing.assert_close(moved[b], mnist_sequences(expected[None], order)[0], rtol=0, atol=1e-6)
+    assert moved[2].min().item() == pytest.approx(background)
+
+
 def test_unknown_order():
     with pytest.raises(ValueError, match=r"order must be one of \('rows', 'pixels', 'permuted'\), got 'cols'"):
         mnist_sequences(torch.zeros(1, 28, 28, dtype=torch.uint8), "cols")
@@ -414,14 +494,13 @@ def test_shuffled_batches_order_and_drop_last():
 
 
 # ----------------------------------------------------------------------------------------------
-# Real MNIST (needs $MNIST_DIR) and torchvision as the reference reader
+# Real MNIST ($MNIST_DIR, else the shipped copy) and torchvision as the reference reader
 
 
 def mnist_dir() -> pathlib.Path:
+    """$MNIST_DIR when set (CI: shared/data), else the copy that ships in train/mnist/."""
     root = os.environ.get("MNIST_DIR")
-    if not root:
-        pytest.skip("MNIST_DIR is not set (CI sets it to the folder that holds MNIST/raw/)")
-    return pathlib.Path(root)
+    return pathlib.Path(root) if root else data.BUNDLED_DIR
 
 
 @pytest.mark.parametrize("split, n, first_label", [("train", 60000, 5), ("test", 10000, 7)])

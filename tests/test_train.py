@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from train import cli, loop
-from train.config import Config, resolve
+from train.config import PRESETS, Config, resolve
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAMES = {
@@ -134,6 +134,8 @@ def test_mnist_learns_and_plots(mnist_dir, tmp_path, impl):
     ["--bidirectional", "--cell", "gru"],
     ["--preset", "lstm64", "--hidden", "8", "--epochs", "1", "--train-limit", "32"],
     ["--impl", "torch", "--dtype", "float64", "--schedule", "cosine", "--optimizer", "sgd"],
+    ["--cell", "rnn", "--nonlinearity", "relu", "--init-hh", "identity", "--shift", "2"],
+    ["--order", "permuted", "--train-limit", "16", "--test-limit", "8", "--hidden", "4", "--shift", "1"],
 ])
 def test_mnist_options(mnist_dir, tmp_path, extra):
     out = tmp_path / "run"
@@ -211,6 +213,10 @@ def test_subprocess_smoke(tmp_path):
     ["mnist", "--train-limit", "0"],
     ["mnist", "--preset", "sine-tbptt"],
     ["mnist", "--chunk", "10"],
+    ["mnist", "--init-hh", "zeros"],
+    ["mnist", "--nonlinearity", "sigmoid"],
+    ["mnist", "--shift", "-1"],
+    ["sine", "--shift", "1"],
     ["sine", "--order", "rows"],
     ["sine", "--chunk", "-1"],
     ["fashion"],
@@ -225,6 +231,7 @@ def test_parser_refuses(argv, capsys):
 
 @pytest.mark.parametrize("argv, words", [
     (["mnist", "--cell", "gru", "--forget-bias", "1"], "--forget-bias"),
+    (["mnist", "--cell", "lstm", "--nonlinearity", "relu"], "--nonlinearity"),
     (["sine", "--burn-in", "100"], "--burn-in"),
     (["sine", "--chunk", "10", "--bidirectional"], "--bidirectional"),
 ])
@@ -238,8 +245,16 @@ def test_cell_defaults_and_layering():
     assert (lstm.cell, lstm.hidden, lstm.forget_bias) == ("lstm", 128, 1.0)
     assert resolve("mnist", {"cell": "gru"}).forget_bias is None
     assert resolve("mnist", {"lr": 0.5}).lr == 0.5
+    assert lstm.shift > 0 and lstm.init_hh == "torch"
+    rnn = resolve("mnist", {"cell": "rnn"})
+    assert (rnn.nonlinearity, rnn.init_hh) == ("relu", "identity")  # the IRNN
+    assert resolve("mnist", {"cell": "rnn", "init_hh": "orthogonal"}).init_hh == "orthogonal"
     preset = resolve("mnist", {"preset": "lstm128x2"})
     assert (preset.layers, preset.hidden, preset.lr, preset.batch_size, preset.epochs) == (2, 128, 0.01, 100, 2)
+    # The tutorials did not augment: a preset keeps them as they were, whatever the cell defaults say.
+    for name, values in PRESETS.items():
+        if values["task"] == "mnist":
+            assert resolve("mnist", {"preset": name}).shift == 0, name
     assert resolve("sine", {}).burn_in > 0
 
 
@@ -326,7 +341,8 @@ def _same_run(a, b):
 def test_resume_equals_uninterrupted_mnist(mnist_dir, tmp_path, stop_after):
     # Two layers with dropout: resuming must also restore the RNG that draws the dropout masks.
     # Logged every 3 steps: a stop at step 4 must carry the half-filled logging interval over.
-    common = ["--epochs", "3", "--layers", "2", "--dropout", "0.3", "--log-every", "3"]
+    # Random shifts: resuming must also restore the RNG that draws them.
+    common = ["--epochs", "3", "--layers", "2", "--dropout", "0.3", "--log-every", "3", "--shift", "2"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert cli.main(small_mnist(mnist_dir, whole, *common)) == 0
     assert cli.main(small_mnist(mnist_dir, parts, *common, "--stop-after-steps", str(stop_after))) == 130
@@ -432,6 +448,8 @@ def _losses(config: Config) -> list[float]:
     ("lstm", {"layers": 2, "bidirectional": True, "head": "all"}, "ours"),
     ("lstm", {}, "readable"),  # the plain per-step unroll a learner reads
     ("gru", {}, "readable"),
+    ("rnn", {"nonlinearity": "relu", "init_hh": "identity", "shift": 2}, "ours"),
+    ("gru", {"init_hh": "orthogonal", "shift": 1}, "ours"),
 ])
 def test_training_parity_mnist(mnist_dir, tmp_path, cell, extra, ours):
     pytest.importorskip("models")
@@ -474,6 +492,44 @@ def test_same_seed_same_start_for_ours_and_torch(tmp_path):
         assert torch.equal(a[name], b[name]), name
     # forget bias 1.0 (the LSTM default) sits in b_if; b_hf is zero
     assert torch.all(a["rnn.bias_ih_l1_reverse"][5:10] == 1.0) and torch.all(a["rnn.bias_hh_l0"][5:10] == 0.0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_init_hh_sets_only_the_recurrent_weights(cell):
+    from train.models import build_model
+
+    base = dict(cell=cell, hidden=6, layers=2, bidirectional=True, forget_bias=None)
+    plain = build_model(resolve("mnist", {**base, "init_hh": "torch"}), 28, 28).state_dict()
+    for how in ("orthogonal", "identity"):
+        model = build_model(resolve("mnist", {**base, "init_hh": how}), 28, 28)
+        state = model.state_dict()
+        for name, value in state.items():
+            if "weight_hh" not in name:
+                assert torch.equal(value, plain[name]), name  # the same draws as torch.nn's init
+                continue
+            for block in value.split(6):  # (H, H) per gate
+                expected = torch.eye(6)
+                got = block @ block.T if how == "orthogonal" else block
+                torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+            assert not torch.equal(value, plain[name])
+
+
+def test_default_data_is_the_shipped_copy_offline(tmp_path, monkeypatch):
+    from train import data
+
+    def no_network(url, *args, **kwargs):
+        raise AssertionError(f"tried to download {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    out = tmp_path / "run"
+    argv = ["mnist", "--out", str(out), "--cell", "rnn", "--hidden", "8", "--epochs", "1", "--train-limit", "256",
+            "--test-limit", "64", "--device", "cpu", "--quiet", "--no-plots"]
+    assert cli.main(argv) == 0
+    m = metrics_of(out)
+    assert m["data_dir"] == str(data.BUNDLED_DIR) and m["config"]["data_dir"] is None
+    assert not (tmp_path / "data").exists()
 
 
 # ----------------------------------------------------------------------------------------------

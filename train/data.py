@@ -1,7 +1,8 @@
 """Data for training: MNIST read straight from its IDX files, the sequence views of it, and sine → cosine.
 
 MNIST (LeCun et al. 1998) comes as four IDX files, gzip-compressed or plain, laid out as torchvision
-lays them out, ``<root>/MNIST/raw/<name>[.gz]``. An IDX file is a big-endian header, then the raw
+lays them out, ``<root>/MNIST/raw/<name>[.gz]``. The four official .gz files also ship with this code
+in ``train/mnist/``, the last stop of ``default_data_dir()``, so training needs no network. An IDX file is a big-endian header, then the raw
 bytes:
 
     magic   (4 bytes)  0x00000803 = 2051 for images (uint8, 3 dims), 0x00000801 = 2049 for labels (1 dim)
@@ -78,15 +79,33 @@ _DOWNLOAD_TIMEOUT_S = 30.0
 
 SEQUENCE_ORDERS = ("rows", "pixels", "permuted")
 
+# The four official .gz files, shipped with the code (package data) so the main job runs offline.
+BUNDLED_DIR = pathlib.Path(__file__).resolve().parent / "mnist"
+
 
 # ----------------------------------------------------------------------------------------------
 # Finding the files
 
 
+def _has_all_files(root: pathlib.Path) -> bool:
+    return all(any(p.is_file() for p in _candidates(root, name)) for name in MNIST_FILES)
+
+
 def default_data_dir() -> pathlib.Path:
-    """The folder that holds ``MNIST/raw/``: ``$MNIST_DIR`` if set, else ``./data``."""
+    """The folder MNIST is read from when ``--data-dir`` is not given.
+
+    ``$MNIST_DIR`` if set; else ``./data`` if it holds all four files; else the copy that ships with
+    the code (``BUNDLED_DIR``), so a machine without internet access trains out of the box; and only
+    if that copy is gone too (an install without its package data), ``./data``, where the missing
+    files are downloaded.
+    """
     env = os.environ.get("MNIST_DIR")
-    return pathlib.Path(env) if env else pathlib.Path("data")
+    if env:
+        return pathlib.Path(env)
+    local = pathlib.Path("data")
+    if not _has_all_files(local) and _has_all_files(BUNDLED_DIR):
+        return BUNDLED_DIR
+    return local
 
 
 def _candidates(root: pathlib.Path, name: str) -> list[pathlib.Path]:
@@ -124,11 +143,16 @@ def find_mnist_file(root: PathLike, name: str) -> pathlib.Path:
 # Reading and checking one IDX file
 
 
+def _fix(path: pathlib.Path) -> str:
+    """What to do about a bad file: the bundled copy is restored from the repository, others replaced."""
+    if path.absolute().parent == BUNDLED_DIR:
+        return (f"restore the copy that ships with the code (`git checkout -- {path.name}` in "
+                f"{BUNDLED_DIR}, or reinstall the package), or point --data-dir at a good copy")
+    return "delete it and download again, or copy a good copy in its place"
+
+
 def _corrupt(path: pathlib.Path, why: str) -> DataError:
-    return DataError(
-        f"{path.absolute()} is truncated or corrupt ({why}): delete it and download again, "
-        f"or copy a good copy in its place."
-    )
+    return DataError(f"{path.absolute()} is truncated or corrupt ({why}): {_fix(path)}.")
 
 
 def _read_content(path: pathlib.Path) -> bytes:
@@ -155,7 +179,7 @@ def _parse_idx(path: pathlib.Path, content: bytes, magic: int) -> np.ndarray:
         raise DataError(
             f"{path.absolute()} is not an MNIST {what} file: its IDX magic number is {got}, expected "
             f"{magic}.{hint} Check that the images and labels files are not swapped or misnamed; "
-            f"otherwise delete it and download again."
+            f"otherwise {_fix(path)}."
         )
     ndim = magic & 0xFF  # the magic's last byte is the number of dimensions: 3 or 1
     header = 4 + 4 * ndim
@@ -181,8 +205,8 @@ def _check_md5(path: pathlib.Path, name: str, content: bytes) -> None:
     if digest != expected:
         raise DataError(
             f"{path.absolute()} has the size of the official {name} but not its content (md5 of the "
-            f"decompressed data is {digest}, expected {expected}): delete it and download again, or "
-            f"copy a good copy in its place (verify_md5=False skips this check)."
+            f"decompressed data is {digest}, expected {expected}): {_fix(path)} "
+            f"(verify_md5=False skips this check)."
         )
 
 
@@ -347,6 +371,44 @@ def mnist_sequences(images: torch.Tensor, order: str = "rows", permutation_seed:
     if order == "permuted":
         x = x[:, mnist_permutation(permutation_seed)]  # (N, 784)
     return x.unsqueeze(-1)  # (N, 784, 1)
+
+
+def shift_table(max_shift: int, order: str = "rows", permutation_seed: int = 0) -> torch.Tensor:
+    """For every translation (dy, dx) in [-max_shift, max_shift]², where each step of a sequence reads
+    from once the image is moved: an int64 table (S, 784), S = (2·max_shift + 1)², of indices into
+    the sequence flattened to 784 values with one background value appended at index 784.
+
+    Working on the sequence as it is laid out, permutation included, lets the training loop move
+    images with one gather per batch, whatever ``order`` the run reads them in.
+    """
+    max_shift = _count(max_shift, "max_shift", minimum=0)
+    if order not in SEQUENCE_ORDERS:
+        raise ValueError(f"order must be one of {SEQUENCE_ORDERS}, got {order!r}")
+    pixels = IMAGE_SIZE * IMAGE_SIZE
+    row, col = torch.arange(pixels) // IMAGE_SIZE, torch.arange(pixels) % IMAGE_SIZE  # (784,) each
+    # Step k of the sequence shows pixel perm[k]; pixel j sits at step place[j].
+    perm = mnist_permutation(permutation_seed) if order == "permuted" else torch.arange(pixels)  # (784,)
+    place = torch.empty(pixels + 1, dtype=torch.int64)  # (785,)
+    place[perm] = torch.arange(pixels)
+    place[pixels] = pixels  # the background stays the background
+    table = []
+    span = range(-max_shift, max_shift + 1)
+    for dy in span:
+        for dx in span:
+            src_row, src_col = row[perm] - dy, col[perm] - dx  # (784,): where each moved pixel came from
+            inside = (src_row >= 0) & (src_row < IMAGE_SIZE) & (src_col >= 0) & (src_col < IMAGE_SIZE)
+            source = torch.where(inside, src_row * IMAGE_SIZE + src_col, torch.tensor(pixels))  # (784,)
+            table.append(place[source])
+    return torch.stack(table)  # (S, 784)
+
+
+def shift_images(x: torch.Tensor, table: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """The sequences ``x`` (B, T, I), T·I = 784, as ``mnist_sequences`` made them, each moved by the
+    translation ``which[b]`` (an index into ``shift_table``'s rows); uncovered pixels are background."""
+    batch = x.shape[0]
+    background = -MNIST_MEAN / MNIST_STD  # a 0 pixel, normalised
+    flat = torch.cat([x.reshape(batch, -1), x.new_full((batch, 1), background)], dim=1)  # (B, 785)
+    return flat.gather(1, table[which]).reshape(x.shape)  # (B, T, I)
 
 
 def _count(value, name: str, minimum: int) -> int:

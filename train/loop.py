@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import distributed
 from .config import Config
-from .data import DataError, load_mnist, mnist_sequences, shuffled_batches, sine_cosine
+from .data import DataError, default_data_dir, load_mnist, mnist_sequences, shift_images, shift_table, shuffled_batches, sine_cosine
 from .distributed import Dist
 from .models import build_model, unwrap
 
@@ -313,6 +313,7 @@ def _run(config, dist: Dist, resume, stop_after_steps, command, log, wall_start)
             f"{dist.world_size} processes: lower --batch-size or raise --train-limit."
         )
     per_batch = steps_per_batch(config, data.steps)
+    shifts = shift_table(config.shift, config.order, config.seed).to(device) if config.shift else None  # (S, 784)
     total_steps = config.epochs * n_batches * per_batch
     generator = torch.Generator().manual_seed(config.seed)
 
@@ -378,6 +379,10 @@ def _run(config, dist: Dist, resume, stop_after_steps, command, log, wall_start)
                     continue  # already trained before the checkpoint we resumed from
                 idx = idx.to(device)
                 x, y = data.x_train[idx], data.y_train[idx]  # (B, T, I), (B,) or (B, T, 1)
+                if shifts is not None:
+                    # Drawn from the global RNG, which checkpoints carry, so resuming moves the same way.
+                    which = torch.randint(len(shifts), (len(idx),)).to(device)  # (B,)
+                    x = shift_images(x, shifts, which)
                 state = None
                 for start, end in spans:
                     if config.task == "mnist":
@@ -479,6 +484,9 @@ def _run(config, dist: Dist, resume, stop_after_steps, command, log, wall_start)
         "python": sys.version.split()[0],
         "command": command,
         "config": config.to_dict(),
+        # Where MNIST was read from, once --data-dir's default chain is resolved.
+        "data_dir": str(pathlib.Path(config.data_dir or default_data_dir()).absolute())
+        if config.task == "mnist" else None,
     }
     if dist.is_main:
         if config.plots:

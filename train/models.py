@@ -84,6 +84,8 @@ def recurrent_layer(config: Config, input_size: int) -> nn.Module:
         dropout=config.dropout,
         bidirectional=config.bidirectional,
     )
+    if config.cell == "rnn":
+        kwargs["nonlinearity"] = config.nonlinearity
     reference = TORCH_LAYERS[config.cell](**kwargs)
     if config.impl == "torch":
         return reference
@@ -118,12 +120,37 @@ def set_forget_bias(rnn: nn.Module, value: float) -> None:
                 param[hidden : 2 * hidden] = 0.0
 
 
+def init_weight_hh(rnn: nn.Module, how: str) -> None:
+    """Start every recurrent matrix W_h· as `how` says, one (H, H) gate block at a time; the
+    equations are untouched, only the initial weights change.
+
+    orthogonal: each block a random orthogonal matrix (Saxe et al. 2014), so at the start the
+    recurrence neither shrinks nor blows up the state it carries, however many steps it runs.
+    identity: each block the identity, the IRNN of Le, Jaitly & Hinton (2015): with relu the state is
+    copied forward unchanged until the network learns otherwise. "torch" keeps torch.nn's uniform init.
+    """
+    if how == "torch":
+        return
+    hidden = rnn.hidden_size
+    # Drawn on a forked RNG, so every other weight (the head's too) starts as it would with "torch".
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for name, param in rnn.named_parameters():
+            if not name.rsplit(".", 1)[-1].startswith("weight_hh"):  # a learner's layer: cells.<k>.weight_hh
+                continue
+            for block in param.split(hidden, dim=0):  # one (H, H) block per gate
+                if how == "orthogonal":
+                    nn.init.orthogonal_(block)
+                else:
+                    block.copy_(torch.eye(hidden, dtype=block.dtype))
+
+
 def build_model(config: Config, input_size: int, steps: int) -> nn.Module:
     """The one place a run's network is built (before it is moved to a device or wrapped for DDP)."""
     torch.manual_seed(config.seed)
     rnn = recurrent_layer(config, input_size)
     if config.cell == "lstm" and config.forget_bias is not None:
         set_forget_bias(rnn, config.forget_bias)
+    init_weight_hh(rnn, config.init_hh)
     if config.task == "mnist":
         model = SequenceClassifier(rnn, config.head, steps)
     else:
