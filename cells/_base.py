@@ -4,7 +4,7 @@ import math
 import torch
 from torch import nn
 
-from ._checks import ShapeError, check_floating, check_size, shape_str
+from ._checks import ShapeError, check_dtype, check_floating, check_size, shape_str
 
 
 def init_uniform(module, hidden_size):
@@ -50,10 +50,11 @@ class CellBase(nn.Module):
     def check_input(self, input):
         """Checks the input; returns it as (B, I) and whether it came batched.
 
-        Each message starts with torch.nn's own wording for the mistake, then says what came.
+        Each message starts with torch.nn's own wording for the mistake, then says what came; as in
+        torch.nn the shapes (of the states too) are checked before the dtypes (`check_dtypes`).
         """
         name = type(self).__name__
-        check_floating("input", input, self.weight_ih)
+        check_floating("input", input, self.weight_ih, match_dtype=False)
         if input.dim() not in (1, 2):
             raise ShapeError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead: input must be "
                              f"1-D (input_size,) or 2-D (batch, input_size), got shape {shape_str(input)}")
@@ -70,7 +71,7 @@ class CellBase(nn.Module):
         """
         if state is None:
             return x.new_zeros(x.shape[0], self.hidden_size)
-        check_floating(name, state, self.weight_ih)
+        check_floating(name, state, self.weight_ih, match_dtype=False)
         expected = (x.shape[0], self.hidden_size) if batched else (self.hidden_size,)
         if state.dim() not in (1, 2):
             raise ShapeError(f"{type(self).__name__}: Expected {torch_name} to be 1D or 2D, got {state.dim()}D "
@@ -85,3 +86,8 @@ class CellBase(nn.Module):
                 said = f"{name} must be {'2-D' if batched else '1-D'} like the input"
             raise ShapeError(f"{said}: {name} must have shape {expected}, got {shape_str(state)}")
         return state if batched else state.unsqueeze(0)
+
+    def check_dtypes(self, **tensors):
+        """The input and states have the weights' dtype (after their shapes, as torch.nn checks)."""
+        for name, tensor in tensors.items():
+            check_dtype(name, tensor, self.weight_ih)

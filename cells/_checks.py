@@ -57,8 +57,10 @@ def shape_str(t):
     return str(tuple(t.shape))
 
 
-def check_floating(name, tensor, like):
-    """`tensor` must be a floating-point tensor of the same dtype as the parameter `like`."""
+def check_floating(name, tensor, like, match_dtype=True):
+    """`tensor` must be a floating-point tensor (of the same dtype as the parameter `like`, unless
+    `match_dtype` is False: callers that check shapes first, as torch.nn does, check the dtype last
+    with `check_dtype`)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():
@@ -66,6 +68,12 @@ def check_floating(name, tensor, like):
             f"{name} must be a floating-point tensor of dtype {like.dtype}, got dtype {tensor.dtype}; "
             f"convert it with {name}.to({like.dtype})"
         )
+    if match_dtype:
+        check_dtype(name, tensor, like)
+
+
+def check_dtype(name, tensor, like):
+    """A floating `tensor` must have the dtype of the parameter `like` (any dtype under autocast)."""
     if tensor.dtype != like.dtype and not any_autocast_enabled():
         raise DtypeError(
             f"{name} has dtype {tensor.dtype} but the weights are {like.dtype}; convert the input with "

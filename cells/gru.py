@@ -84,6 +84,7 @@ class GRUCell(CellBase):
     def forward(self, input, hx=None):
         x, batched = self.check_input(input)
         h = self.initial_state("hx", hx, x, batched)
+        self.check_dtypes(input=x, hx=h)
         step = gru_step if self.reset_after else gru_step_paper
         h = step(F.linear(x, self.weight_ih, self.bias_ih), h, self.weight_hh, self.bias_hh)
         return h if batched else h.squeeze(0)

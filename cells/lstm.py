@@ -72,5 +72,6 @@ class LSTMCell(CellBase):
             raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of two tensors, got {type(hx).__name__}")
         h = self.initial_state("hx[0] (h)", hx[0], x, batched, index=0, torch_name="hx[0]")
         c = self.initial_state("hx[1] (c)", hx[1], x, batched, index=1, torch_name="hx[1]")
+        self.check_dtypes(input=x, **{"hx[0] (h)": h, "hx[1] (c)": c})
         h, c = lstm_step(F.linear(x, self.weight_ih, self.bias_ih), h, c, self.weight_hh, self.bias_hh)
         return (h, c) if batched else (h.squeeze(0), c.squeeze(0))

@@ -61,6 +61,7 @@ class RNNCell(CellBase):
     def forward(self, input, hx=None):
         x, batched = self.check_input(input)
         h = self.initial_state("hx", hx, x, batched)
+        self.check_dtypes(input=x, hx=h)
         h = rnn_step(F.linear(x, self.weight_ih, self.bias_ih), h, self.weight_hh, self.bias_hh, self.nonlinearity)
         return h if batched else h.squeeze(0)
 

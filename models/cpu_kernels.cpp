@@ -213,5 +213,3 @@ void tanh_inplace(T* __restrict__ x, int64_t n) {
 
 RNN_BY_HAND_EXPORT(float, f32)
 RNN_BY_HAND_EXPORT(double, f64)
-
-extern "C" int abi_version() { return 1; }

@@ -191,20 +191,22 @@ class RNNBase(nn.Module):
             batch = batch_sizes[0]
             x = data  # (N, I)
         else:
-            self._check_input(input)
+            check_floating("input", input, self.weight_ih_l0, match_dtype=False)
             if input.dim() not in (2, 3):
                 tensor = " tensor" if self.mode == "RNN" else ""
                 raise ShapeError(f"{self.mode}: Expected input to be 2D or 3D, got {input.dim()}D{tensor} instead: "
                                  f"input must be 3-D (seq_len, batch, input_size) "
                                  f"{'[batch_first: (batch, seq_len, input_size)] ' if self.batch_first else ''}"
                                  f"or 2-D unbatched (seq_len, input_size), got shape {shape_str(input)}")
+            self._check_input(input)
             batched = input.dim() == 3
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
             steps, batch = x.shape[0], x.shape[1]
             if steps == 0:
-                raise ShapeError(f"{self.mode}: input must have at least one time step, got shape {shape_str(input)}")
+                raise ShapeError(f"Expected sequence length to be larger than 0 in RNN: {self.mode}'s input must have "
+                                 f"at least one time step, got shape {shape_str(input)}")
             batch_sizes = [batch] * steps
             sorted_indices = unsorted_indices = None
             x = x.reshape(steps * batch, x.shape[2])  # (T·B, I), time-major

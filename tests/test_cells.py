@@ -95,6 +95,7 @@ def test_state_dict_round_trip_both_ways(kind):
 def test_initialisation_is_torchs(kind):
     """uniform in ±1/√H for every parameter, like torch."""
     ours_cls, _, kwargs = CELLS[kind]
+    torch.manual_seed(0)  # the spread check below is about one draw; seeded, it cannot flake
     cell = ours_cls(10, 25, **kwargs)
     for name, p in cell.named_parameters():
         assert p.abs().max() <= 1 / 5, name

@@ -142,7 +142,7 @@ def test_not_a_tensor():
 
 
 def test_empty_sequence():
-    with raises(ShapeError, "at least one time step"):
+    with raises(ShapeError, "Expected sequence length to be larger than 0 in RNN", "at least one time step"):
         models.LSTM(4, 5)(torch.zeros(0, 2, 4))
 
 
@@ -244,3 +244,13 @@ def test_errors_are_caught_as_torch_errors():
             models.LSTM(4, 5)(torch.randn(3, 2, 6))
         with pytest.raises(exc):
             models.LSTM(4, 5)(torch.zeros(3, 2, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("cls", [cells.RNNCell, cells.LSTMCell, cells.GRUCell])
+def test_cell_checks_shapes_before_dtype(cls):
+    """As torch.nn: a wrong-sized input of another dtype is reported for its size."""
+    with raises(ShapeError, "input has inconsistent input_size: got 11 expected 10"):
+        cls(10, 20)(torch.randn(3, 11, dtype=torch.float64))
+    state = torch.randn(3, 21, dtype=torch.float64)
+    with raises(ShapeError, "hidden0 has inconsistent hidden_size: got 21, expected 20"):
+        cls(10, 20)(torch.randn(3, 10, dtype=torch.float64), (state, state) if cls is cells.LSTMCell else state)

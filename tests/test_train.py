@@ -307,7 +307,8 @@ def test_data_error_in_subprocess_has_no_traceback(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1
-    assert "Traceback" not in result.stderr and "not found" in result.stderr or "missing" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "not found" in result.stderr or "missing" in result.stderr
 
 
 def test_cuda_refused_without_cuda(mnist_dir, tmp_path, capsys):

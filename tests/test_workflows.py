@@ -423,3 +423,25 @@ def test_flat_weights_and_weight_norm(kind):
     assert_all_close(ours(x), ref(x))
     count = lambda m: sum(isinstance(w, nn.Parameter) for w in m._flat_weights)  # noqa: E731
     assert count(ours) == count(ref) == len(ours._flat_weights) - 1
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_cells_under_func_and_higher_derivatives(kind):
+    """The cells are the readable step itself: torch.func, jvp, vmap and a gradient penalty as torch.nn's."""
+    ours, ref = cell_pair(kind)
+    x, tangent = torch.randn(3, 3, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64)
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    results = []
+    for module in (ours, ref):
+        module.zero_grad()
+        grads = grad(lambda p, m=module: first(functional_call(m, p, (x,))).pow(2).sum())(dict(module.named_parameters()))
+        tangent_out = jvp(lambda x, m=module: first(m(x)), (x,), (tangent,))[1]
+        batched = torch.stack([first(module(row)) for row in x])  # what vmap over rows must give
+        if module is ours:  # torch.nn.LSTMCell has no batching rule; ours is plain torch ops
+            torch.testing.assert_close(vmap(lambda row: first(ours(row)))(x), batched, **TIGHT)
+        xg = x.clone().requires_grad_()
+        out = first(module(xg))
+        (dx,) = torch.autograd.grad(out.pow(2).sum(), xg, create_graph=True)
+        (out.pow(2).mean() + dx.pow(2).sum()).backward()
+        results.append((*grads.values(), tangent_out, batched, dx, *param_grads(module).values()))
+    assert_all_close(*results)

@@ -4,7 +4,7 @@
     python -m train mnist --cell gru --impl torch
     python -m train mnist --preset lstm128x2   # a classic tutorial setup (see --help for the list)
     python -m train sine                       # sin → cos regression, test MSE ≤ 1e-4 within 2 minutes
-    torchrun --nproc_per_node=2 -m train mnist # the same, on 2 processes (see train/README_SECTION.md)
+    torchrun --nproc_per_node=2 -m train mnist # the same, on 2 processes (see README.md, "Scaling out")
 
 `main(argv)` returns the exit status instead of exiting, so tests drive it in-process. Options not
 given stay None here and are filled in by `config.resolve` (defaults → task → cell → preset), so a

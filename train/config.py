@@ -21,7 +21,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-TASKS = ("mnist", "sine")
 CELLS = ("lstm", "gru", "rnn")
 # "ours" is our layers on their fastest path, "readable" the same layers forced onto the plain
 # Python unroll of the cell (slow, but it is the code a learner reads), "torch" is torch.nn.

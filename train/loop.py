@@ -44,7 +44,6 @@ from .models import build_model, unwrap
 # The sine test set is drawn from its own fixed seed: the same held-out sequences for every --seed.
 SINE_TEST_SEED = 1_000_003
 EVAL_BATCH = 1000
-EXIT_INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
 
 
 class TrainingError(RuntimeError):
