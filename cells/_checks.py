@@ -72,10 +72,12 @@ def check_floating(name, tensor, like, match_dtype=True):
         check_dtype(name, tensor, like)
 
 
-def check_dtype(name, tensor, like):
-    """A floating `tensor` must have the dtype of the parameter `like` (any dtype under autocast)."""
+def check_dtype(name, tensor, like, message=None):
+    """A floating `tensor` must have the dtype of the parameter `like` (any dtype under autocast).
+
+    `message`, if given, replaces ours (the layers use torch.nn's wording for their input)."""
     if tensor.dtype != like.dtype and not any_autocast_enabled():
-        raise DtypeError(
+        raise DtypeError(message or (
             f"{name} has dtype {tensor.dtype} but the weights are {like.dtype}; convert the input with "
             f"{name}.to({like.dtype}) or the module with .to({tensor.dtype})"
-        )
+        ))

@@ -166,7 +166,8 @@ def _backward_by_autograd(ctx, mode, inputs, grads, nonlinearity="tanh"):
         x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr = inputs
         state = (h0, c0)
     else:
-        (x, weight_ih, bias_ih, h0, weight_hh, bias_hh), state, weight_hr = inputs, (inputs[3],), None
+        x, weight_ih, bias_ih, h0, weight_hh, bias_hh = inputs
+        state, weight_hr = (h0,), None
     need = ctx.needs_input_grad[: len(inputs)]
     wanted = [t for t, n in zip(inputs, need) if n]
     with torch.enable_grad():

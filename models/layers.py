@@ -26,8 +26,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 from cells import gru_step, lstm_step, rnn_step
 from cells._base import init_uniform
-from cells._checks import (DtypeError, ShapeError, any_autocast_enabled, autocast_enabled, check_bool,
-                           check_floating, check_size, shape_str)
+from cells._checks import (ShapeError, autocast_enabled, check_bool, check_dtype, check_floating, check_size,
+                           shape_str)
 from cells.rnn import check_nonlinearity
 
 from .fused import fused_direction, fused_supported
@@ -183,10 +183,11 @@ class RNNBase(nn.Module):
     def forward(self, input, hx=None):
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            self._check_input(data)
+            check_floating("input", data, self.weight_ih_l0, match_dtype=False)
             if data.dim() != 2:
                 raise ShapeError(f"input must have 2 dimensions, got {data.dim()}: a PackedSequence's data is "
                                  f"(sum of lengths, input_size), got shape {shape_str(data)}")
+            self._check_dtype(data)
             batched, batch_sizes = True, batch_sizes.tolist()
             batch = batch_sizes[0]
             x = data  # (N, I)
@@ -198,7 +199,7 @@ class RNNBase(nn.Module):
                                  f"input must be 3-D (seq_len, batch, input_size) "
                                  f"{'[batch_first: (batch, seq_len, input_size)] ' if self.batch_first else ''}"
                                  f"or 2-D unbatched (seq_len, input_size), got shape {shape_str(input)}")
-            self._check_input(input)
+            self._check_dtype(input)
             batched = input.dim() == 3
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
@@ -235,14 +236,12 @@ class RNNBase(nn.Module):
                 output = output.transpose(0, 1)
         return (output, finals) if self.mode == "LSTM" else (output, finals[0])
 
-    def _check_input(self, input):
-        """input is a floating tensor of the weights' dtype (any dtype under autocast, as in torch.nn)."""
+    def _check_dtype(self, input):
+        """The (floating) input has the weights' dtype (any dtype under autocast), in torch.nn's words."""
         weight = self.weight_ih_l0
-        if isinstance(input, torch.Tensor) and input.is_floating_point() and input.dtype != weight.dtype \
-                and not any_autocast_enabled():
-            raise DtypeError(f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
-                             f"Convert input: input.to({weight.dtype}), or convert model: model.to({input.dtype})")
-        check_floating("input", input, weight)
+        check_dtype("input", input, weight, message=(
+            f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
+            f"Convert input: input.to({weight.dtype}), or convert model: model.to({input.dtype})"))
 
     def _initial_states(self, hx, batch, batched, x, sorted_indices):
         """hx as a list of (L·D, B, ·) tensors in the sorted order of a PackedSequence."""
