@@ -130,9 +130,9 @@ def test_outputs_sent_to_another_process_are_not_overwritten(kind):
 
 
 def _reference_under_autocast(module, *args):
-    # torch.nn.LSTM on the CPU runs oneDNN's LSTM, which under bf16 autocast fails on some CPUs and on
-    # others returns bf16 for a float32 input; its portable path (the one ours follows) is taken with
-    # oneDNN off, and gives the same as ours on every CPU.
+    # torch.nn.LSTM on the CPU runs oneDNN's LSTM, which under bf16 autocast can fail (it does on the
+    # development machine's CPU) or take another path than the portable one; the portable path, the
+    # one ours follows, is taken with oneDNN off, on every CPU.
     with torch.backends.mkldnn.flags(enabled=False), torch.autocast("cpu", dtype=torch.bfloat16):
         return module(*args)
 
