@@ -1,7 +1,7 @@
 // The gate math of one time step as one pass over the step's rows, for the fused path on the CPU.
 //
 // Built and loaded by models/cpu_kernels.py (which says why it exists and how it is checked). Each
-// function does the arithmetic of the eager step it replaces in models/fused.py and of the Triton
+// function does the arithmetic of the function of the same name in models/eager_steps.py and of the Triton
 // kernel of the same name in models/triton_kernels.py: same equations, same saved factors, same
 // buffers. Rows are contiguous with the widths the comments give (4H for an LSTM's z, 5H for its k, …).
 //
@@ -14,6 +14,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <algorithm>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -190,6 +194,292 @@ void tanh_inplace(T* __restrict__ x, int64_t n) {
     for (int64_t e = 0; e < n; ++e) x[e] = tanh_(x[e]);
 }
 
+
+// ---- whole sequences: the time loop itself, recurrent matmuls included ------------------------------
+//
+// One call runs every step of one direction: per step the recurrent matmul (BLAS gemm, through the
+// pointers set_gemm receives: the BLAS torch itself links) and the row functions above, so a step
+// costs no Python and no torch dispatch. The work of a step is split over `threads` OpenMP threads
+// (torch's own pool: libgomp is the one torch loaded) in one of two ways:
+//   by rows   each thread owns a slice of the batch for the whole sequence. A row's recurrence reads
+//             only that row (h_prev W_hhᵀ row by row; the backward's dz W_hh too), so the threads
+//             never wait for each other;
+//   by units  each thread owns a slice of the hidden units j, for every gate's columns (z[:, gH + j])
+//             and for the states. A step's matmul reads every unit of the previous state, so the
+//             threads meet at one barrier per step. This is the split that works at batch 1.
+// Uniform batches only (every step has B rows); the caller takes the per-step path otherwise.
+// Buffers are row-major and contiguous, in the layouts of models/layout.py: the (N, ·) per-step rows
+// with N = T·B, step t's rows at t·B; the history buffers of h (and c) hold h0 and every step's state,
+// forwards [h0 | step 0 | … | step T−1], backwards [step 0 | … | step T−1 | h0].
+
+using sgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                          const int*, const float*, const int*, const float*, float*, const int*);
+using dgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const double*,
+                          const double*, const int*, const double*, const int*, const double*, double*, const int*);
+sgemm_fn sgemm_ptr = nullptr;
+dgemm_fn dgemm_ptr = nullptr;
+
+// Row-major C (M×N, ldc) = A (M×K, lda) · op(Bm) + beta C, where op(Bm) = Bmᵀ for an (N×K) Bm when
+// transpose_b, else an (K×N) Bm. Fortran BLAS is column-major: it computes Cᵀ = op(Bm)ᵀ Aᵀ.
+template <typename T>
+void gemm(bool transpose_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bm, int64_t ldb, T beta,
+          T* C, int64_t ldc) {
+    if (M == 0 || N == 0) return;
+    const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+    const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+    const T one = 1;
+    const char* ta = transpose_b ? "T" : "N";
+    if constexpr (sizeof(T) == 4)
+        sgemm_ptr(ta, "N", &m, &n, &k, &one, Bm, &la, A, &lb, &beta, C, &lc);
+    else
+        dgemm_ptr(ta, "N", &m, &n, &k, &one, Bm, &la, A, &lb, &beta, C, &lc);
+}
+
+struct Share {  // this thread's rows [r0, r1) and units [j0, j1)
+    int64_t r0, r1, j0, j1;
+    int64_t rows() const { return r1 - r0; }
+    int64_t units() const { return j1 - j0; }
+};
+
+// Unit slices start on multiples of 16 (a 64-byte line of floats), so threads never write one line.
+inline Share share_of(int p, int nt, bool by_rows, int64_t B, int64_t H) {
+    if (by_rows) return {B * p / nt, B * (p + 1) / nt, 0, H};
+    auto edge = [&](int q) { return q == nt ? H : std::min(H, (H * q / nt + 8) / 16 * 16); };
+    return {0, B, edge(p), edge(p + 1)};
+}
+
+inline int thread_id() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+inline int team_size() {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+// The rows of the history buffer that hold step t's state, and those that hold its previous state.
+inline int64_t state_row(int64_t t, int64_t T_, int64_t B, bool reverse) { return reverse ? t * B : (t + 1) * B; }
+inline int64_t previous_row(int64_t t, int64_t T_, int64_t B, bool reverse) { return reverse ? (t + 1) * B : t * B; }
+
+// z_blocks columns [g·H + j0, g·H + j1) of C (M rows, ldc) += or = A · W[g·H + j0 .. g·H + j1)ᵀ for each
+// of the `blocks` gate blocks: one gemm when the share is every unit (the blocks are then adjacent).
+template <typename T>
+void gate_columns(const Share& s, int blocks, int64_t H, const T* A, int64_t lda, const T* W, int64_t K, T beta,
+                  T* C, int64_t ldc) {
+    if (s.units() == H) {
+        gemm<T>(true, s.rows(), blocks * H, K, A, lda, W, K, beta, C, ldc);
+        return;
+    }
+    for (int g = 0; g < blocks; ++g)
+        gemm<T>(true, s.rows(), s.units(), K, A, lda, W + (g * H + s.j0) * K, K, beta, C + g * H + s.j0, ldc);
+}
+
+// LSTM forward: acts (N, 4H) holds x_proj + b_ih + b_hh and becomes the activations (f in its f column
+// when training); h and c histories (N + B, H); k (N, 5H) or null. Per step, as LSTMFunction:
+// z = x_proj + h_prev W_hhᵀ, then lstm_forward_row on the share.
+template <typename T, bool TRAINING>
+void lstm_forward_sequence(T* acts, T* h, T* c, T* k, const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse,
+                           int threads, bool by_rows) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int nt = team_size();
+        const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        for (int64_t step = 0; step < T_; ++step) {
+            const int64_t t = reverse ? T_ - 1 - step : step;
+            T* z = acts + (t * B + s.r0) * 4 * H;
+            const T* h_prev = h + (previous_row(t, T_, B, reverse) + s.r0) * H;
+            const T* c_prev = c + (previous_row(t, T_, B, reverse) + s.r0) * H;
+            T* h_t = h + (state_row(t, T_, B, reverse) + s.r0) * H;
+            T* c_t = c + (state_row(t, T_, B, reverse) + s.r0) * H;
+            if (!by_rows && nt > 1 && step > 0) {
+#pragma omp barrier
+            }
+            gate_columns<T>(s, 4, H, h_prev, H, w_hh, H, T(1), z, 4 * H);  // z += h_prev W_hhᵀ
+            for (int64_t row = 0; row < s.rows(); ++row) {
+                T* zr = z + row * 4 * H + s.j0;
+                T* kr = TRAINING ? k + (t * B + s.r0 + row) * 5 * H + s.j0 : nullptr;
+                const int64_t o = row * H + s.j0;
+                lstm_forward_row<T, TRAINING>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + o, c_t + o, h_t + o, kr,
+                                              TRAINING ? kr + H : nullptr, TRAINING ? kr + 2 * H : nullptr,
+                                              TRAINING ? kr + 3 * H : nullptr, TRAINING ? kr + 4 * H : nullptr,
+                                              s.units());
+            }
+        }
+    }
+}
+
+// LSTM backward: d_out (N, H) or null, running dh and dc (B, H) in and out (the initial states'
+// gradients at the end), k (N, 5H) and acts (N, 4H) from the forward; writes dz (N, 4H). Per step,
+// as LSTMFunction: lstm_backward_row on the share, then dh = dz W_hh.
+template <typename T>
+void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* acts, T* dz, const T* w_hh, int64_t T_,
+                            int64_t B, int64_t H, bool reverse, int threads, bool by_rows) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int nt = team_size();
+        const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        for (int64_t step = 0; step < T_; ++step) {
+            const int64_t t = reverse ? step : T_ - 1 - step;
+            for (int64_t row = s.r0; row < s.r1; ++row) {
+                const int64_t n = t * B + row;
+                const T* kr = k + n * 5 * H + s.j0;
+                T* dzr = dz + n * 4 * H + s.j0;
+                T* dh_r = dh + row * H + s.j0;
+                T* dc_r = dc + row * H + s.j0;
+                const T* f = acts + n * 4 * H + H + s.j0;
+                if (d_out)
+                    lstm_backward_row<T, true>(dh_r, d_out + n * H + s.j0, dc_r, kr, kr + H, kr + 2 * H, kr + 3 * H,
+                                               kr + 4 * H, f, dzr, dzr + H, dzr + 2 * H, dzr + 3 * H, s.units());
+                else
+                    lstm_backward_row<T, false>(dh_r, nullptr, dc_r, kr, kr + H, kr + 2 * H, kr + 3 * H, kr + 4 * H,
+                                                f, dzr, dzr + H, dzr + 2 * H, dzr + 3 * H, s.units());
+            }
+            if (!by_rows && nt > 1) {
+#pragma omp barrier
+            }
+            // dh[rows, units] = dz[rows, :] W_hh[:, units]
+            gemm<T>(false, s.rows(), s.units(), 4 * H, dz + (t * B + s.r0) * 4 * H, 4 * H, w_hh + s.j0, H, T(0),
+                    dh + s.r0 * H + s.j0, H);
+        }
+    }
+}
+
+// GRU forward: x (N, 3H) = x_proj + b_ih; hh (N, 3H), rz (N, 2H), n (N, H) written; h history (N + B, H).
+// Per step, as GRUFunction: hh = h_prev W_hhᵀ, then gru_forward_row on the share (which adds b_hh).
+template <typename T>
+void gru_forward_sequence(const T* x, const T* bias, T* hh, T* rz, T* n, T* h, const T* w_hh, int64_t T_, int64_t B,
+                          int64_t H, bool reverse, int threads, bool by_rows) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int nt = team_size();
+        const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        for (int64_t step = 0; step < T_; ++step) {
+            const int64_t t = reverse ? T_ - 1 - step : step;
+            const T* h_prev = h + (previous_row(t, T_, B, reverse) + s.r0) * H;
+            T* h_t = h + (state_row(t, T_, B, reverse) + s.r0) * H;
+            T* hh_t = hh + (t * B + s.r0) * 3 * H;
+            if (!by_rows && nt > 1 && step > 0) {
+#pragma omp barrier
+            }
+            gate_columns<T>(s, 3, H, h_prev, H, w_hh, H, T(0), hh_t, 3 * H);  // hh = h_prev W_hhᵀ
+            for (int64_t row = 0; row < s.rows(); ++row) {
+                const int64_t nr = t * B + s.r0 + row, j = s.j0;
+                T* hr = hh_t + row * 3 * H + j;
+                const T* xr = x + nr * 3 * H + j;
+                T* rzr = rz + nr * 2 * H + j;
+                if (bias)
+                    gru_forward_row<T, true>(hr, hr + H, hr + 2 * H, xr, xr + H, xr + 2 * H, bias + j, bias + H + j,
+                                             bias + 2 * H + j, h_prev + row * H + j, rzr, rzr + H, n + nr * H + j,
+                                             h_t + row * H + j, s.units());
+                else
+                    gru_forward_row<T, false>(hr, hr + H, hr + 2 * H, xr, xr + H, xr + 2 * H, nullptr, nullptr,
+                                              nullptr, h_prev + row * H + j, rzr, rzr + H, n + nr * H + j,
+                                              h_t + row * H + j, s.units());
+            }
+        }
+    }
+}
+
+// GRU backward: d_out (N, H), running dh (B, H), rz, n, hh and h_prev (N, ·) from the forward; writes
+// d_hh (N, 3H) and d_xn (N, H). Per step, as GRUFunction with the CPU kernels:
+// gru_backward_direct_row on the share (dh becomes dh ⊙ z), then dh += d hh W_hh.
+template <typename T>
+void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const T* hh, const T* h_prev, T* d_hh,
+                           T* d_xn, const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads,
+                           bool by_rows) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int nt = team_size();
+        const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        for (int64_t step = 0; step < T_; ++step) {
+            const int64_t t = reverse ? step : T_ - 1 - step;
+            for (int64_t row = s.r0; row < s.r1; ++row) {
+                const int64_t nr = t * B + row, j = s.j0;
+                const T* rzr = rz + nr * 2 * H + j;
+                T* dr = d_hh + nr * 3 * H + j;
+                gru_backward_direct_row<T>(dh + row * H + j, d_out + nr * H + j, rzr, rzr + H, n + nr * H + j,
+                                           hh + nr * 3 * H + 2 * H + j, h_prev + nr * H + j, dr, dr + H, dr + 2 * H,
+                                           d_xn + nr * H + j, s.units());
+            }
+            if (!by_rows && nt > 1) {
+#pragma omp barrier
+            }
+            // dh[rows, units] += d_hh[rows, :] W_hh[:, units]
+            gemm<T>(false, s.rows(), s.units(), 3 * H, d_hh + (t * B + s.r0) * 3 * H, 3 * H, w_hh + s.j0, H, T(1),
+                    dh + s.r0 * H + s.j0, H);
+        }
+    }
+}
+
+// Elman RNN forward: x (N, H) = x_proj + b_ih + b_hh; h history (N + B, H). Per step, as RNNFunction:
+// h = φ(x_proj + h_prev W_hhᵀ), φ = tanh or relu.
+template <typename T>
+void rnn_forward_sequence(const T* x, T* h, const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, bool relu,
+                          int threads, bool by_rows) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int nt = team_size();
+        const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        for (int64_t step = 0; step < T_; ++step) {
+            const int64_t t = reverse ? T_ - 1 - step : step;
+            const T* h_prev = h + (previous_row(t, T_, B, reverse) + s.r0) * H;
+            T* h_t = h + (state_row(t, T_, B, reverse) + s.r0) * H;
+            if (!by_rows && nt > 1 && step > 0) {
+#pragma omp barrier
+            }
+            gate_columns<T>(s, 1, H, h_prev, H, w_hh, H, T(0), h_t, H);  // h = h_prev W_hhᵀ
+            for (int64_t row = 0; row < s.rows(); ++row) {
+                T* __restrict__ hr = h_t + row * H + s.j0;
+                const T* __restrict__ xr = x + (t * B + s.r0 + row) * H + s.j0;
+                if (relu)
+                    for (int64_t j = 0; j < s.units(); ++j) hr[j] = std::max(hr[j] + xr[j], T(0));
+                else
+                    for (int64_t j = 0; j < s.units(); ++j) hr[j] = tanh_(hr[j] + xr[j]);
+            }
+        }
+    }
+}
+
+// Elman RNN backward: d_out (N, H), running dh (B, H), out (N, H) = every step's h from the forward;
+// writes dz (N, H). Per step, as RNNFunction: dz = (dh + d_out) ⊙ φ'(h), φ' = 1 − h² or [h > 0];
+// dh = dz W_hh.
+template <typename T>
+void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* w_hh, int64_t T_, int64_t B, int64_t H,
+                           bool reverse, bool relu, int threads, bool by_rows) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int nt = team_size();
+        const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        for (int64_t step = 0; step < T_; ++step) {
+            const int64_t t = reverse ? step : T_ - 1 - step;
+            for (int64_t row = s.r0; row < s.r1; ++row) {
+                const int64_t nr = t * B + row;
+                const T* __restrict__ hr = out + nr * H + s.j0;
+                const T* __restrict__ dor = d_out + nr * H + s.j0;
+                const T* __restrict__ dhr = dh + row * H + s.j0;
+                T* __restrict__ dzr = dz + nr * H + s.j0;
+                if (relu)
+                    for (int64_t j = 0; j < s.units(); ++j) dzr[j] = hr[j] > T(0) ? dhr[j] + dor[j] : T(0);
+                else
+                    for (int64_t j = 0; j < s.units(); ++j) dzr[j] = (dhr[j] + dor[j]) * (T(1) - hr[j] * hr[j]);
+            }
+            if (!by_rows && nt > 1) {
+#pragma omp barrier
+            }
+            // dh[rows, units] = dz[rows, :] W_hh[:, units]
+            gemm<T>(false, s.rows(), s.units(), H, dz + (t * B + s.r0) * H, H, w_hh + s.j0, H, T(0),
+                    dh + s.r0 * H + s.j0, H);
+        }
+    }
+}
+
 }  // namespace
 
 #define RNN_BY_HAND_EXPORT(T, suffix)                                                                       \
@@ -209,7 +499,44 @@ void tanh_inplace(T* __restrict__ x, int64_t n) {
                                                  const T* h_prev, T* d_hh, T* d_xn, int64_t b, int64_t H) { \
         gru_backward_direct<T>(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn, b, H);                              \
     }                                                                                                       \
-    extern "C" void tanh_##suffix(T* x, int64_t n) { tanh_inplace<T>(x, n); }
+    extern "C" void tanh_##suffix(T* x, int64_t n) { tanh_inplace<T>(x, n); }                             \
+    extern "C" void lstm_forward_sequence_##suffix(T* acts, T* h, T* c, T* k, const T* w_hh, int64_t T_, int64_t B, \
+                                                   int64_t H, int64_t reverse, int64_t threads, int64_t by_rows) { \
+        if (k) lstm_forward_sequence<T, true>(acts, h, c, k, w_hh, T_, B, H, reverse, threads, by_rows);       \
+        else lstm_forward_sequence<T, false>(acts, h, c, k, w_hh, T_, B, H, reverse, threads, by_rows);        \
+    }                                                                                                       \
+    extern "C" void lstm_backward_sequence_##suffix(const T* d_out, T* dh, T* dc, const T* k, const T* acts,  \
+                                                    T* dz, const T* w_hh, int64_t T_, int64_t B, int64_t H,   \
+                                                    int64_t reverse, int64_t threads, int64_t by_rows) {      \
+        lstm_backward_sequence<T>(d_out, dh, dc, k, acts, dz, w_hh, T_, B, H, reverse, threads, by_rows);     \
+    }                                                                                                       \
+    extern "C" void gru_forward_sequence_##suffix(const T* x, const T* bias, T* hh, T* rz, T* n, T* h,         \
+                                                  const T* w_hh, int64_t T_, int64_t B, int64_t H,            \
+                                                  int64_t reverse, int64_t threads, int64_t by_rows) {        \
+        gru_forward_sequence<T>(x, bias, hh, rz, n, h, w_hh, T_, B, H, reverse, threads, by_rows);            \
+    }                                                                                                       \
+    extern "C" void gru_backward_sequence_##suffix(const T* d_out, T* dh, const T* rz, const T* n, const T* hh, \
+                                                   const T* h_prev, T* d_hh, T* d_xn, const T* w_hh, int64_t T_, \
+                                                   int64_t B, int64_t H, int64_t reverse, int64_t threads,    \
+                                                   int64_t by_rows) {                                         \
+        gru_backward_sequence<T>(d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, w_hh, T_, B, H, reverse, threads,  \
+                                 by_rows);                                                                  \
+    }                                                                                                       \
+    extern "C" void rnn_forward_sequence_##suffix(const T* x, T* h, const T* w_hh, int64_t T_, int64_t B,      \
+                                                  int64_t H, int64_t reverse, int64_t relu, int64_t threads,  \
+                                                  int64_t by_rows) {                                          \
+        rnn_forward_sequence<T>(x, h, w_hh, T_, B, H, reverse, relu, threads, by_rows);                       \
+    }                                                                                                       \
+    extern "C" void rnn_backward_sequence_##suffix(const T* d_out, T* dh, const T* out, T* dz, const T* w_hh,  \
+                                                   int64_t T_, int64_t B, int64_t H, int64_t reverse,         \
+                                                   int64_t relu, int64_t threads, int64_t by_rows) {          \
+        rnn_backward_sequence<T>(d_out, dh, out, dz, w_hh, T_, B, H, reverse, relu, threads, by_rows);        \
+    }
 
 RNN_BY_HAND_EXPORT(float, f32)
 RNN_BY_HAND_EXPORT(double, f64)
+
+extern "C" void set_gemm(void* sgemm, void* dgemm) {
+    sgemm_ptr = reinterpret_cast<sgemm_fn>(sgemm);
+    dgemm_ptr = reinterpret_cast<dgemm_fn>(dgemm);
+}

@@ -1,17 +1,23 @@
-"""Compiled gate math of one time step for the fused path on the CPU: one call per step, not fifteen.
+"""The fast path's time loop on the CPU in compiled C++: one call per sequence, or one per step.
 
 Why. At the MNIST shape (batch 64, hidden 128) an LSTM step's gate math is 64×128 elements per
 gate: too small for torch to spread over threads, so each of the ~15 eager ops of a step
-(`models.fused.LSTMFunction`) costs mostly its dispatch, and torch's CPU tanh measured 3–5× slower
-than its sigmoid on the 2-core test machine. torch.nn.LSTM on the CPU runs oneDNN's fused LSTM
-primitive instead. Here the same arithmetic is one loop in C++ (`cpu_kernels.cpp`) that the compiler
-vectorises, called once per step through ctypes; the recurrent matmul stays torch's.
+(`models.eager_steps`) costs mostly its dispatch, and a step's matmul is too small for the BLAS to
+use a second thread. torch.nn.LSTM on the CPU runs oneDNN's fused LSTM primitive instead. Here the
+gate math of a step is one loop in C++ (`cpu_kernels.cpp`) that the compiler vectorises, and the
+whole time loop — recurrent matmul (torch's own BLAS, MKL) and gate math of every step — is one call
+through ctypes, which shares each step among torch's threads: by batch rows, or by hidden units at
+small batches (`split`). Without MKL (ARM and macOS builds of torch) the step kernels run one call
+per step and the matmul stays torch.mm.
 
-Each function has the name, arguments and effect of the Triton kernel function of the same name in
-`models.triton_kernels` (the GRU's backward step instead computes its factors itself:
-`gru_backward_step_direct`) and equals the eager step of `models.fused` that it replaces; the tests run
-the fused path with these kernels and without them (`models.fused.CPU_KERNELS = "never"`) against
-torch.nn in float64 at 1e-10, and compare the kernels with torch's sigmoid and tanh in float32.
+Each step function has the name, arguments and effect of the function of the same name in
+`models.eager_steps` (and of the Triton kernel's in `models.triton_kernels`, but for the GRU's
+backward, whose Triton step reads factors precomputed for all steps). Each `*_sequence` function runs a
+Function's whole time loop, recurrent matmuls included, in one call: the steps of
+`models.lstm_function` / `gru_function` / `rnn_function`, shared over torch's threads (see
+cpu_kernels.cpp). The tests run the fast path through every route (`models.backends.CPU_KERNELS` =
+"auto", "steps", "never") against torch.nn in float64 at 1e-10, and compare the kernels with torch's
+sigmoid and tanh in float32.
 
 Building. On first use the source is compiled with the system C++ compiler (`$CXX`, else g++, c++
 or clang++; `-O3 -march=native`) into a cache folder, `$RNN_BY_HAND_CACHE` or
@@ -19,7 +25,9 @@ or clang++; `-O3 -march=native`) into a cache folder, `$RNN_BY_HAND_CACHE` or
 feature flags, so a shared home folder never hands one machine another's build. It takes about a
 second, once. Without a compiler, or if the build fails, `available()` is False, one warning says
 why, and the fused path runs its eager ops (same numbers, slower). `RNN_BY_HAND_CPU_KERNELS=0` turns
-the kernels off without a warning.
+the kernels off without a warning. With OpenMP (`-fopenmp`; the library then shares the libgomp torch
+loaded, so its threads are torch's) the sequence kernels use torch's threads; a compiler without it
+builds them single-threaded.
 """
 import ctypes
 import functools
@@ -35,9 +43,11 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math"]
-# Where a compiler does not know -march=native (some for ARM), the build is tried again without it.
-PORTABLE_FLAGS = [f for f in FLAGS if f != "-march=native"]
+FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math",
+         "-fopenmp"]
+# Where a compiler does not know -march=native (some for ARM), the build is tried again without it, and
+# where it has no OpenMP, without that too (the sequence kernels then run on one thread).
+BUILDS = [FLAGS, [f for f in FLAGS if f != "-march=native"], [f for f in FLAGS if f not in ("-march=native", "-fopenmp")]]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _P = ctypes.c_void_p
 _N = ctypes.c_int64
@@ -47,6 +57,12 @@ _SIGNATURES = {  # name: argument types (pointers, then sizes)
     "gru_forward": [_P] * 7 + [_N] * 2,
     "gru_backward_direct": [_P] * 8 + [_N] * 2,
     "tanh": [_P, _N],
+    "lstm_forward_sequence": [_P] * 5 + [_N] * 6,
+    "lstm_backward_sequence": [_P] * 7 + [_N] * 6,
+    "gru_forward_sequence": [_P] * 7 + [_N] * 6,
+    "gru_backward_sequence": [_P] * 9 + [_N] * 6,
+    "rnn_forward_sequence": [_P] * 3 + [_N] * 7,
+    "rnn_backward_sequence": [_P] * 5 + [_N] * 7,
 }
 
 
@@ -77,7 +93,7 @@ def cache_dir():
 def _build(compiler):
     """Compile the source (unless this exact build is cached) and return the library's path."""
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(),
+    key = hashlib.sha256(b"\0".join([source, repr(BUILDS).encode(), compiler.encode(),
                                      _cpu_identity().encode(), platform.machine().encode()])).hexdigest()[:16]
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -89,7 +105,7 @@ def _build(compiler):
     fd, partial = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
     try:
-        for flags in (FLAGS, PORTABLE_FLAGS):
+        for flags in BUILDS:
             done = subprocess.run([compiler, *flags, str(SOURCE), "-o", partial], capture_output=True, text=True,
                                   timeout=300)
             if done.returncode == 0:
@@ -115,6 +131,8 @@ def _library():
             for suffix in _SUFFIX.values():
                 fn = getattr(lib, f"{name}_{suffix}")
                 fn.argtypes, fn.restype = argtypes, None
+        lib.set_gemm.argtypes, lib.set_gemm.restype = [_P, _P], None
+        lib.set_gemm(*(_torch_gemm() or (None, None)))
         return lib
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
         warnings.warn(f"models.cpu_kernels: the CPU step kernels could not be built, so the fused path "
@@ -122,6 +140,25 @@ def _library():
                       f"Set RNN_BY_HAND_CPU_KERNELS=0 to skip the build and this warning.", RuntimeWarning,
                       stacklevel=3)
         return None
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_gemm():
+    """Addresses of (sgemm_, dgemm_) in the MKL that torch's CPU library links and exports, or None.
+
+    The sequence kernels call the same BLAS as torch.mm. Only MKL is taken: it runs one thread when
+    called inside an OpenMP parallel region, which is what the kernels' own split over threads needs.
+    Builds without it (ARM, macOS) return None and keep the per-step path.
+    """
+    if not torch.backends.mkl.is_available():
+        return None
+    for path in sorted((Path(torch.__file__).parent / "lib").glob("*torch_cpu.*")):
+        try:
+            lib = ctypes.CDLL(str(path))
+            return tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in ("sgemm_", "dgemm_"))
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 def available():
@@ -134,6 +171,30 @@ def usable(tensor, mode="auto"):
     float64 CPU tensor, mode not "never", and the library built."""
     return (mode != "never" and tensor.device.type == "cpu" and tensor.dtype in _SUFFIX
             and _library() is not None)
+
+
+def sequence_usable(tensor, mode="auto"):
+    """Whether the fused path can run a whole uniform sequence in one call (`*_sequence` below) for
+    `tensor`: `usable`, and torch's BLAS found (`_torch_gemm`)."""
+    return usable(tensor, mode) and mode != "steps" and _torch_gemm() is not None
+
+
+def split(batch, hidden):
+    """(threads, by_rows): how the sequence kernels share a step among torch's threads.
+
+    By rows when each thread gets at least MIN_ROWS of the batch (no waiting between threads); by
+    hidden units when each gets at least MIN_UNITS of them (one barrier per step, which pays only when
+    a step's matmul is large); else one thread.
+    """
+    threads = torch.get_num_threads()
+    if threads > 1 and batch >= MIN_ROWS * threads:
+        return threads, True
+    if threads > 1 and hidden >= MIN_UNITS * threads:
+        return threads, False
+    return 1, True
+
+
+MIN_ROWS, MIN_UNITS = 8, 128
 
 
 def _fn(name, t):
@@ -150,7 +211,7 @@ def _rows(t, width):
 def lstm_forward_step(z, c_prev, c, m, k):
     """z = x_proj + b_hh + h_prev W_hhᵀ (b, 4H) → writes c and m = o ⊙ tanh(c) and, if k is given,
     f into z and the backward's factors k_i|k_f|k_g|k_o|k_c into k's (b, 5H) rows. Equals
-    LSTMFunction's eager step."""
+    `models.eager_steps.lstm_forward_step`."""
     b, H = c.shape
     _fn("lstm_forward", z)(_rows(z, 4 * H), _rows(c_prev, H), _rows(c, H), _rows(m, H),
                            _rows(k, 5 * H) if k is not None else None, b, H)
@@ -172,10 +233,10 @@ def gru_forward_step(hh, x_t, bias_hh, h_prev, rz, n, h):
                            _rows(n, H), _rows(h, H), b, H)
 
 
-def gru_backward_step_direct(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn):
-    """Triton's gru_backward_step with the factors k, k_n computed in the step from r|z, n, hh_n and
-    h_prev (GRUFunction's formulas), so the backward needs no (N, 3H) buffer of them: at 784 steps
-    that buffer and its temporaries were most of the GRU's backward time on the CPU."""
+def gru_backward_step(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn):
+    """dh + d_out → d_hh (b, 3H), d_xn = dn_pre (b, H); dh in place to dh ⊙ z. The factors come from
+    r|z, n, hh_n and h_prev inside the step (GRUFunction's formulas), so the backward needs no (N, 3H)
+    buffer of them."""
     b, H = dh.shape
     _fn("gru_backward_direct", dh)(_rows(dh, H), _rows(d_out, H), _rows(rz, 2 * H), _rows(n, H), _rows(hh, 3 * H),
                                    _rows(h_prev, H), _rows(d_hh, 3 * H), _rows(d_xn, H), b, H)
@@ -187,3 +248,62 @@ def tanh_(x):
         raise ValueError(f"cpu step kernel: tanh_ needs a contiguous tensor, got strides {x.stride()}")
     _fn("tanh", x)(x.data_ptr(), x.numel())
     return x
+
+
+# -- whole sequences (uniform batch, history buffers in models.layout.Layout's layout) ---------------
+
+
+def _contiguous(*tensors):
+    for t in tensors:
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f"cpu sequence kernel: expected contiguous buffers, got strides {t.stride()}")
+    return [t.data_ptr() if t is not None else None for t in tensors]
+
+
+def lstm_forward_sequence(acts, h, c, k, weight_hh, batch, reverse):
+    """Every step of LSTMFunction.forward (no projection): acts (N, 4H) = x_proj, in place to the
+    activations; h, c histories (N + B, H) with the initial states in place; k (N, 5H) or None."""
+    H = c.shape[1]
+    threads, by_rows = split(batch, H)
+    _fn("lstm_forward_sequence", acts)(*_contiguous(acts, h, c, k, weight_hh), acts.shape[0] // batch, batch, H,
+                                       reverse, threads, by_rows)
+
+
+def lstm_backward_sequence(d_out, dh, dc, k, acts, dz, weight_hh, batch, reverse):
+    """Every step of LSTMFunction.backward's loop: dh, dc (B, H) in place; dz (N, 4H) written."""
+    H = dc.shape[1]
+    threads, by_rows = split(batch, H)
+    _fn("lstm_backward_sequence", dz)(*_contiguous(d_out, dh, dc, k, acts, dz, weight_hh), dz.shape[0] // batch,
+                                      batch, H, reverse, threads, by_rows)
+
+
+def gru_forward_sequence(x_proj, bias_hh, hh, rz, n, h, weight_hh, batch, reverse):
+    """Every step of GRUFunction.forward: hh (N, 3H), rz (N, 2H), n (N, H) and the h history written."""
+    H = n.shape[1]
+    threads, by_rows = split(batch, H)
+    _fn("gru_forward_sequence", hh)(*_contiguous(x_proj, bias_hh, hh, rz, n, h, weight_hh), n.shape[0] // batch,
+                                    batch, H, reverse, threads, by_rows)
+
+
+def gru_backward_sequence(d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh, batch, reverse):
+    """Every step of GRUFunction.backward's loop (the direct step): dh in place, d_hh and d_xn written."""
+    H = n.shape[1]
+    threads, by_rows = split(batch, H)
+    _fn("gru_backward_sequence", dh)(*_contiguous(d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh),
+                                     n.shape[0] // batch, batch, H, reverse, threads, by_rows)
+
+
+def rnn_forward_sequence(x_proj, h, weight_hh, batch, reverse, relu):
+    """Every step of RNNFunction.forward: the h history (N + B, H) written."""
+    H = h.shape[1]
+    threads, by_rows = split(batch, H)
+    _fn("rnn_forward_sequence", h)(*_contiguous(x_proj, h, weight_hh), x_proj.shape[0] // batch, batch, H,
+                                   reverse, relu, threads, by_rows)
+
+
+def rnn_backward_sequence(d_out, dh, out, dz, weight_hh, batch, reverse, relu):
+    """Every step of RNNFunction.backward's loop: dh (B, H) in place, dz (N, H) written."""
+    H = dh.shape[1]
+    threads, by_rows = split(batch, H)
+    _fn("rnn_backward_sequence", dz)(*_contiguous(d_out, dh, out, dz, weight_hh), dz.shape[0] // batch, batch, H,
+                                     reverse, relu, threads, by_rows)

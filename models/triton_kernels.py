@@ -2,8 +2,9 @@
 
 On a GPU the fused path's cost at moderate sizes is kernel launches, not arithmetic: the eager gate
 math of an LSTM step is about sixteen small kernels (sigmoid, tanh, mul, addcmul, …). Each function
-here does the same arithmetic as the eager code it replaces in `models.fused` — same equations, same
-saved factors — in one kernel over the step's b·H elements. Each program handles BLOCK elements;
+here does the same arithmetic as the function of the same name in `models.eager_steps` — same
+equations, same saved factors — in one kernel over the step's b·H elements (the GRU's backward step
+reads its factors precomputed: `GRUFunction`'s `_backward_steps_from_factors`). Each program handles BLOCK elements;
 element e is row e // H, column e % H, and reads the row's gates at columns col, H + col, 2H + col, …
 
 triton is optional (`pip install rnn-by-hand[triton]`): without it `AVAILABLE` is False and the fused
@@ -155,7 +156,7 @@ def _rows(t, width):
 def lstm_forward_step(z, c_prev, c, m, k):
     """z = x_proj + b_hh + h_prev W_hhᵀ (b, 4H) → i, f, g, o; writes c and m = o ⊙ tanh(c) and, if k
     is given, f into z and the backward's factors k_i|k_f|k_g|k_o|k_c into k's (b, 5H) rows. Equals
-    LSTMFunction's eager step."""
+    `models.eager_steps.lstm_forward_step`."""
     b, H = c.shape
     _launch("lstm_forward", b * H, _rows(z, 4 * H), _rows(c_prev, H), _rows(c, H), _rows(m, H),
             _rows(k, 5 * H) if k is not None else z, b * H, H, TRAINING=k is not None)
@@ -176,7 +177,7 @@ def gru_forward_step(hh, x_t, bias_hh, h_prev, rz, n, h):
             HAS_BIAS=bias_hh is not None)
 
 
-def gru_backward_step(dh, d_out, k, k_n, rz, d_hh, d_xn):
+def gru_backward_step_from_factors(dh, d_out, k, k_n, rz, d_hh, d_xn):
     """dh += d_out; d_hh = dh ⊗ k (b, 3H); d_xn = dh ⊙ k_n; dh ⊙= z — GRUFunction's step before its
     matmul dh += d_hh W_hh."""
     b, H = dh.shape

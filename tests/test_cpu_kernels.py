@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from models import cpu_kernels, fused
+from models import backends, cpu_kernels, eager_steps
 from reference import LAYERS, TIGHT, clone_inputs, forward_and_grads
 from test_fused import OPTIONS, assert_same, make_inputs, make_pair
 
@@ -22,8 +22,8 @@ needs_kernels = pytest.mark.skipif(not cpu_kernels.available(),
 def test_the_kernels_build_where_a_compiler_is():
     if shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"):
         assert cpu_kernels.available()
-        assert fused.step_kernels(torch.zeros(1)) is cpu_kernels
-        assert fused.step_kernels(torch.zeros(1, dtype=torch.float16)) is None  # eager ops for half
+        assert backends.step_kernels(torch.zeros(1)) is cpu_kernels
+        assert backends.step_kernels(torch.zeros(1, dtype=torch.float16)) is eager_steps  # eager ops for half
     else:
         pytest.skip("no C++ compiler on this machine")
 
@@ -31,19 +31,19 @@ def test_the_kernels_build_where_a_compiler_is():
 # -- the fused path, with and without the kernels, against torch.nn -------------------------------------
 
 
-@pytest.mark.parametrize("cpu_kernels_mode", ["auto", "never"])
+@pytest.mark.parametrize("cpu_kernels_mode", ["auto", "steps", "never"])
 @pytest.mark.parametrize("kind", LAYERS)
 @pytest.mark.parametrize("num_layers,bidirectional,proj_size,lengths,with_state", OPTIONS)
 def test_fused_with_and_without_kernels_equals_torch(kind, num_layers, bidirectional, proj_size, lengths,
                                                      with_state, cpu_kernels_mode, monkeypatch):
-    monkeypatch.setattr(fused, "CPU_KERNELS", cpu_kernels_mode)
+    monkeypatch.setattr(backends, "CPU_KERNELS", cpu_kernels_mode)
     ours, ref = make_pair(kind, 3, 4, num_layers=num_layers, bidirectional=bidirectional)
     assert_same(ours, ref, *make_inputs(kind, ours, 5, 4, lengths, with_state), **TIGHT)
 
 
-@pytest.mark.parametrize("cpu_kernels_mode", ["auto", "never"])
+@pytest.mark.parametrize("cpu_kernels_mode", ["auto", "steps", "never"])
 def test_lstm_projection_with_and_without_kernels_equals_torch(cpu_kernels_mode, monkeypatch):
-    monkeypatch.setattr(fused, "CPU_KERNELS", cpu_kernels_mode)
+    monkeypatch.setattr(backends, "CPU_KERNELS", cpu_kernels_mode)
     ours, ref = make_pair("lstm", 3, 5, num_layers=2, bidirectional=True, proj_size=2)
     assert_same(ours, ref, *make_inputs("lstm", ours, 4, 3, [4, 1, 3], True), **TIGHT)
 
@@ -61,6 +61,51 @@ def test_float32_kernels_equal_torch_at_the_mnist_shape(kind):
     (out_a, gin_a, gp_a), (out_b, gin_b, gp_b) = results
     for a, b in zip([*out_a, *gin_a, *gp_a.values()], [*out_b, *gin_b, *gp_b.values()]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-6 * max(1.0, b.abs().max().item()))
+
+
+# -- whole sequences in one call, every way of sharing a step among threads -------------------------------
+
+needs_sequences = pytest.mark.skipif(not cpu_kernels.sequence_usable(torch.zeros(1)),
+                                     reason="no sequence kernels here (no compiler, or torch without MKL)")
+SPLITS = [(1, True), (2, True), (3, True), (2, False), (3, False)]  # (threads, by_rows)
+
+
+@needs_sequences
+@pytest.mark.parametrize("threads,by_rows", SPLITS)
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_sequence_kernels_equal_torch_however_a_step_is_shared(kind, threads, by_rows, bias, monkeypatch):
+    """Batch 5 and hidden 40 split into unequal shares: by rows 2 | 3 (or 1 | 2 | 2), by units 16 | 24
+    (or 16 | 16 | 8), bidirectional so both directions' loops run, two layers so the second reads
+    the first's output."""
+    monkeypatch.setattr(cpu_kernels, "split", lambda batch, hidden: (threads, by_rows))
+    ours, ref = make_pair(kind, 3, 40, num_layers=2, bidirectional=True, bias=bias)
+    x, hx = make_inputs(kind, ours, 6, 5)
+    assert backends.whole_sequence(fused_layout([5] * 6), x.detach())
+    assert_same(ours, ref, x, hx, **TIGHT)
+
+
+@needs_sequences
+@pytest.mark.parametrize("batch,hidden,threads", [(64, 128, 2), (1, 512, 2), (64, 128, 1), (1, 512, 1)])
+def test_the_split_is_by_rows_at_large_batches_and_by_units_at_batch_one(batch, hidden, threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    used, by_rows = cpu_kernels.split(batch, hidden)
+    assert used == threads
+    assert by_rows == (batch > 1 or threads == 1)
+
+
+def test_without_torchs_blas_the_steps_run_one_call_each_and_agree(monkeypatch):
+    """What builds of torch without MKL do (ARM, macOS): no sequence kernel, the per-step route."""
+    monkeypatch.setattr(cpu_kernels, "_torch_gemm", lambda: None)
+    assert not backends.whole_sequence(fused_layout([5] * 6), torch.zeros(1, dtype=torch.float64))
+    for kind in LAYERS:
+        ours, ref = make_pair(kind, 3, 40, bidirectional=True)
+        assert_same(ours, ref, *make_inputs(kind, ours, 6, 5), **TIGHT)
+
+
+def fused_layout(batch_sizes):
+    from models.layout import Layout
+    return Layout(batch_sizes, reverse=False)
 
 
 # -- the kernels alone, against torch's math ------------------------------------------------------------
@@ -156,7 +201,7 @@ def test_without_a_compiler_the_fused_path_warns_once_and_runs_eager(fresh_libra
         assert not cpu_kernels.available()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the warning came once; later calls are silent
-        assert fused.step_kernels(torch.zeros(1)) is None
+        assert backends.step_kernels(torch.zeros(1)) is eager_steps
         ours, ref = make_pair("lstm", 3, 4)
         assert_same(ours, ref, *make_inputs("lstm", ours, 3, 2), **TIGHT)
 
@@ -176,7 +221,7 @@ def test_the_variable_turns_the_kernels_off_silently(fresh_library, monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not cpu_kernels.available()
-        assert fused.step_kernels(torch.zeros(1)) is None
+        assert backends.step_kernels(torch.zeros(1)) is eager_steps
 
 
 @needs_kernels
@@ -204,7 +249,7 @@ def test_gru_backward_direct_kernel_equals_the_eager_math():
     k_n = (1 - z) * (1 - n * n)
     expected_d_hh = torch.cat([d * k_n * hh_n * r * (1 - r), d * (h_prev - n) * z * (1 - z), d * k_n * r], 1)
     d_hh, d_xn = torch.empty(b, 3 * H, dtype=torch.float64), torch.empty(b, H, dtype=torch.float64)
-    cpu_kernels.gru_backward_step_direct(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn)
+    cpu_kernels.gru_backward_step(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn)
     torch.testing.assert_close(d_hh, expected_d_hh, **TIGHT)
     torch.testing.assert_close(d_xn, d * k_n, **TIGHT)
     torch.testing.assert_close(dh, d * z, **TIGHT)

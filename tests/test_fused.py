@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import models
-from models import fused
+from models import backends, fused
 from models.layers import readable_direction, select_direction
 from reference import DEVICES, LAYERS, TIGHT, assert_equivalent, clone_inputs
 
@@ -290,7 +290,7 @@ def triton_device():
 @pytest.mark.parametrize("kind,num_layers,bidirectional,proj_size,lengths,with_state", TRITON_CASES)
 def test_triton_kernels_equal_torch(kind, num_layers, bidirectional, proj_size, lengths, with_state, monkeypatch):
     device = triton_device()
-    monkeypatch.setattr(fused, "TRITON", "always")
+    monkeypatch.setattr(backends, "TRITON", "always")
     extra = {"proj_size": proj_size} if proj_size else {}
     ours, ref = make_pair(kind, 3, 5, num_layers=num_layers, bidirectional=bidirectional, device=device, **extra)
     assert_same(ours, ref, *make_inputs(kind, ours, 5, 4, lengths, with_state), **TIGHT)
@@ -320,7 +320,7 @@ def test_triton_kernels_under_the_interpreter():
 @pytest.mark.parametrize("kind", KINDS)
 def test_cuda_eager_and_triton_steps_equal_torch(kind, triton_mode, monkeypatch):
     """On a GPU both step implementations (eager ops; Triton when installed) equal torch.nn."""
-    monkeypatch.setattr(fused, "TRITON", triton_mode)
+    monkeypatch.setattr(backends, "TRITON", triton_mode)
     ours, ref = make_pair(kind, 3, 5, num_layers=2, bidirectional=True, device="cuda")
     assert_same(ours, ref, *make_inputs(kind, ours, 5, 4, [3, 5, 1, 5]), **TIGHT)
 

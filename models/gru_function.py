@@ -1,0 +1,149 @@
+"""The GRU's fast path: one direction of one layer, forward and hand-derived backward through time.
+
+Equals `models.unroll.readable_direction("GRU", …)`, the readable unroll of `cells.GRUCell`; the
+tests prove both equal to torch.nn.GRU. `models/fused.py` says what the fast path saves over the
+readable one.
+"""
+import torch
+
+from . import cpu_kernels, triton_kernels
+from .backends import step_kernels, whole_sequence
+from .double_backward import backward_by_autograd, needs_autograd
+from .layout import Layout, grad_buffer
+from .projection import input_grads, input_projection
+from .workspace import workspace
+
+
+class GRUFunction(torch.autograd.Function):
+    """One GRU direction (torch's GRU), forward and hand-derived backward through time.
+
+    apply(x (N, I), weight_ih (3H, I), bias_ih (3H,) or None, h0 (B, H), weight_hh (3H, H),
+          bias_hh (3H,) or None, batch_sizes, reverse) -> (out (N, H), h_n (B, H))
+
+    Forward, one step in the code's names (`cells/gru.py`); x_proj = x W_ihᵀ + b_ih = [x_r | x_z | x_n]
+    for all steps in one matmul before the loop, and the
+    recurrent matmul hh = [hh_r | hh_z | hh_n] keeps the whole b_hh, because b_hn sits inside
+    r ⊙ (W_hn h + b_hn) and cannot be folded into x_proj:
+
+        hh = h_prev W_hhᵀ + b_hh                      (b, 3H)
+        r  = σ(x_r + hh_r)     z = σ(x_z + hh_z)
+        n  = tanh(x_n + r ⊙ hh_n)
+        h  = (1 − z) ⊙ n + z ⊙ h_prev  = n + z ⊙ (h_prev − n)   (torch.lerp)
+
+    Saved: r, z, n, hh (for hh_n) and every h (which gives h_prev).
+
+    Backward, with dh the sum of the output's gradient and what step t+1 sends back:
+
+        dn      = dh ⊙ (1 − z)            dz = dh ⊙ (h_prev − n)          d h_prev (direct) = dh ⊙ z
+        dn_pre  = dn ⊙ (1 − n²)                                          n = tanh(n_pre)
+        dr      = dn_pre ⊙ hh_n           d hh_n = dn_pre ⊙ r
+        dr_pre  = dr ⊙ r(1 − r)           dz_pre = dz ⊙ z(1 − z)          σ' = σ(1 − σ)
+
+        d x_proj = [dr_pre | dz_pre | dn_pre]       d hh = [dr_pre | dz_pre | dn_pre ⊙ r]
+        dh_prev  = dh ⊙ z + d hh W_hh               (b, H): the one matmul per step
+
+    and after the loop dW_hh = d HHᵀ H_prev (3H, H), db_hh = Σ d HH, and from d x_proj:
+    dW_ih = d X_projᵀ X, db_ih = Σ d X_proj, dx = d X_proj W_ih. Every factor multiplying dh is
+    computed for all steps before the loop — k_n = (1 − z)(1 − n²), then
+    k = [k_n hh_n r(1 − r) | (h_prev − n) z(1 − z) | k_n r] — so a step is: dh += d_out[t];
+    d hh = dh ⊗ k; dn_pre = dh ⊙ k_n; dh ⊙= z; dh += d hh W_hh.
+
+    Each step's gate math is `gru_forward_step` / `gru_backward_step` of the backend
+    `models.backends.step_kernels` picks (torch ops, compiled C++ or Triton: the same formulas). The
+    eager and C++ backward steps compute k and k_n inside the step from the saved r, z, n, hh_n and
+    h_prev, so no (N, 3H) buffer of factors is built; Triton's reads them precomputed for all steps
+    before the loop (`_backward_steps_from_factors`). On the CPU a uniform batch runs the whole loop,
+    matmuls included, in one call of `cpu_kernels.gru_forward_sequence` / `gru_backward_sequence`.
+    Proven equal to torch.nn.GRU and to the readable path by tests/test_fused.py and
+    tests/test_cpu_kernels.py (every route, float64, 1e-10).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight_ih, bias_ih, h0, weight_hh, bias_hh, batch_sizes, reverse):
+        layout = Layout(batch_sizes, reverse)
+        N, H = layout.N, h0.shape[1]
+        x_proj = input_projection(x, weight_ih, bias_ih)  # (N, 3H)
+        h_buf, out, outs, h_init = layout.history(h0, x_proj)  # (N + B, H)
+        hh = workspace.empty(x_proj, N, 3 * H)  # (N, 3H): h_prev W_hhᵀ + b_hh
+        rz = workspace.empty(x_proj, N, 2 * H)  # (N, 2H): r | z
+        n = workspace.empty(x_proj, N, H)  # (N, H)
+        h_prevs = None
+        if whole_sequence(layout, x_proj):
+            bias = bias_hh.contiguous() if bias_hh is not None else None
+            cpu_kernels.gru_forward_sequence(x_proj, bias, hh, rz, n, h_buf, weight_hh.contiguous(), layout.B, reverse)
+        else:
+            h_prevs = _forward_steps(layout, x_proj, hh, rz, n, weight_hh, bias_hh, outs, h_init)
+
+        ctx.layout = layout
+        ctx.save_for_backward(x, weight_ih, bias_ih, h0, weight_hh, bias_hh,
+                              rz, n, hh, layout.stacked_previous(h_buf, h_prevs))
+        return out.clone(), layout.final(outs, h_init)  # (N, H), (B, H)
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn):
+        saved = ctx.saved_tensors
+        if needs_autograd(d_out, d_hn):
+            return backward_by_autograd(ctx, "GRU", saved[:6], (d_out, d_hn)) + (None,) * 2
+        x, weight_ih, _, _, weight_hh, _, rz, n, hh, h_prev = saved
+        layout = ctx.layout
+        N, H = layout.N, n.shape[1]
+        d_hh = workspace.empty(rz, N, 3 * H)  # (N, 3H): d hh = [dr_pre | dz_pre | dn_pre ⊙ r]
+        d_xn = workspace.empty(rz, N, H)  # (N, H): dn_pre
+        dh = grad_buffer(d_hn, (layout.B, H), rz)  # (B, H): running ∂L/∂h
+        d_out = d_out.contiguous() if d_out is not None else rz.new_zeros(N, H)
+        if whole_sequence(layout, rz):
+            cpu_kernels.gru_backward_sequence(d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh.contiguous(),
+                                              layout.B, layout.reverse)
+        elif step_kernels(rz) is triton_kernels:
+            _backward_steps_from_factors(layout, d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh)
+        else:
+            _backward_steps(layout, d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh)
+
+        need = ctx.needs_input_grad
+        d_x, d_w_ih, d_b_ih = (None, None, None)
+        if any(need[:3]):
+            d_proj = torch.cat((d_hh[:, : 2 * H], d_xn), 1)  # (N, 3H): d x_proj = [dr_pre | dz_pre | dn_pre]
+            d_x, d_w_ih, d_b_ih = input_grads(need, d_proj, x, weight_ih, (need[2],))
+        d_w_hh = torch.mm(d_hh.t(), h_prev) if need[4] else None  # dW_hh = d HHᵀ H_prev  (3H, H)
+        d_b_hh = d_hh.sum(0) if need[5] else None  # db_hh = Σ d HH  (3H,)
+        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None
+
+
+def _forward_steps(layout, x_proj, hh, rz, n, weight_hh, bias_hh, outs, h_init):
+    """GRUFunction.forward's time loop, one step at a time: the route of packed batches and devices
+    without the sequence kernel. Returns every step's h_prev."""
+    xs, hhs, rzs, ns = layout.split(x_proj), layout.split(hh), layout.split(rz), layout.split(n)
+    w_hh_t = weight_hh.t()
+    kernels = step_kernels(x_proj)
+    h_prevs = [None] * layout.T
+    for t in layout.order:
+        h_prev = h_prevs[t] = layout.previous(t, outs, h_init)
+        torch.mm(h_prev, w_hh_t, out=hhs[t])  # hh = h_prev W_hhᵀ  (b, 3H); the step adds b_hh
+        kernels.gru_forward_step(hhs[t], xs[t], bias_hh, h_prev, rzs[t], ns[t], outs[t])
+    return h_prevs
+
+
+def _backward_steps(layout, d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh):
+    """GRUFunction.backward's time loop, one step at a time, each step computing its own factors."""
+    d_outs, rzs, ns, hhs, h_prevs = (layout.split(t) for t in (d_out, rz, n, hh, h_prev))
+    d_hhs, d_xns, dhs = layout.split(d_hh), layout.split(d_xn), layout.heads(dh)
+    kernels = step_kernels(rz)
+    for t in layout.back_order:
+        kernels.gru_backward_step(dhs[t], d_outs[t], rzs[t], ns[t], hhs[t], h_prevs[t], d_hhs[t], d_xns[t])
+        dhs[t].addmm_(d_hhs[t], weight_hh)  # dh_prev = dh ⊙ z + d hh W_hh  (b, H)
+
+
+def _backward_steps_from_factors(layout, d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh):
+    """The same loop for Triton's step, which reads the factors k, k_n computed for all steps first."""
+    N, H = layout.N, n.shape[1]
+    r, z = rz.chunk(2, 1)  # each (N, H)
+    k_n = (1 - z) * (1 - n * n)  # (N, H): ∂h/∂n_pre
+    k = workspace.empty(rz, N, 3, H)  # (N, 3, H): ∂h/∂hh_r, ∂h/∂hh_z, ∂h/∂hh_n
+    torch.mul(k_n * hh[:, 2 * H :], r * (1 - r), out=k[:, 0])
+    torch.mul(h_prev - n, z * (1 - z), out=k[:, 1])
+    torch.mul(k_n, r, out=k[:, 2])
+    d_outs, ks, k_ns, rzs = layout.split(d_out), layout.split(k.view(N, 3 * H)), layout.split(k_n), layout.split(rz)
+    d_hhs, d_xns, dhs = layout.split(d_hh), layout.split(d_xn), layout.heads(dh)
+    for t in layout.back_order:
+        triton_kernels.gru_backward_step_from_factors(dhs[t], d_outs[t], ks[t], k_ns[t], rzs[t], d_hhs[t], d_xns[t])
+        dhs[t].addmm_(d_hhs[t], weight_hh)  # dh_prev = dh ⊙ z + d hh W_hh  (b, H)

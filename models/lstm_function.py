@@ -1,0 +1,171 @@
+"""The LSTM's fast path: one direction of one layer, forward and hand-derived backward through time.
+
+Equals `models.unroll.readable_direction("LSTM", …)`, the readable unroll of `cells.LSTMCell`; the
+tests prove both equal to torch.nn.LSTM. `models/fused.py` says what the fast path saves over the
+readable one.
+"""
+import torch
+
+from . import cpu_kernels
+from .backends import step_kernels, whole_sequence
+from .double_backward import backward_by_autograd, needs_autograd
+from .layout import Layout, grad_buffer
+from .projection import input_grads, input_projection
+from .workspace import workspace
+
+
+class LSTMFunction(torch.autograd.Function):
+    """One LSTM direction, forward and hand-derived backward through time (optionally projected).
+
+    apply(x (N, I), weight_ih (4H, I), bias_ih (4H,) or None, h0 (B, P), c0 (B, H), weight_hh (4H, P),
+          bias_hh (4H,) or None, weight_hr (P, H) or None, batch_sizes, reverse, for_backward=True)
+        -> (out (N, P), h_n (B, P), c_n (B, H))
+
+    `for_backward=False` (the caller knows no backward will follow: no_grad, or nothing requires grad)
+    skips saving what the backward needs.
+
+    Forward, one step in the code's names (`cells/lstm.py` has the same equations):
+
+        z  = x_proj + h_prev W_hhᵀ     x_proj = x W_ihᵀ + b_ih + b_hh    (b, 4H) = [z_i | z_f | z_g | z_o]
+        i  = σ(z_i)   f = σ(z_f)   g = tanh(z_g)   o = σ(z_o)
+        c  = f ⊙ c_prev + i ⊙ g
+        m  = o ⊙ tanh(c)
+        h  = m        or, with a projection,   h = m W_hrᵀ   (b, P)
+
+    Backward. Write dX for ∂L/∂X. At step t, h receives two gradients: the output's, d_out[t], and the
+    one step t+1 sends back through its recurrent matmul; their sum is dh. c receives dc from step
+    t+1 (through c_{t+1} = f_{t+1} ⊙ c + …, so it arrives already multiplied by f_{t+1}). Then:
+
+        dm      = dh                  (with projection: dm = dh W_hr, and dW_hr += dhᵀ m)
+        dc     += dm ⊙ o ⊙ (1 − tanh(c)²)     m = o ⊙ tanh(c) and tanh' = 1 − tanh²
+        do      = dm ⊙ tanh(c)
+        di      = dc ⊙ g        dg = dc ⊙ i        df = dc ⊙ c_prev
+        dc_prev = dc ⊙ f                              what step t−1 receives as its dc
+
+    Through the activations, σ'(z) = σ(z)(1 − σ(z)) and tanh'(z) = 1 − tanh(z)², both written in the
+    activations themselves, so no pre-activation is needed:
+
+        dz_i = di ⊙ i(1 − i)     dz_f = df ⊙ f(1 − f)     dz_g = dg ⊙ (1 − g²)     dz_o = do ⊙ o(1 − o)
+        dh_prev = dz W_hh                              (b, P): the one matmul per step
+
+    and dz is also d x_proj. After the loop, over all steps at once: dW_hh = dZᵀ H_prev (4H, P),
+    db_hh = db_ih = Σ dZ, dW_hr = DHᵀ M (P, H), dW_ih = dZᵀ X (4H, I), dx = dZ W_ih (N, I). Rows of
+    a step that are inactive (packed sequences) keep their dh and dc, mirroring the forward, so the
+    initial states' gradients come out of the same buffers.
+
+    What is saved. Collecting the factors that multiply dm and dc above,
+
+        k_c = o(1 − tanh²c)    k_o = tanh(c) o(1 − o)                      ∂m/∂c, ∂m/∂z_o
+        k_i = g i(1 − i)       k_f = c_prev f(1 − f)     k_g = i(1 − g²)    ∂c/∂z_i, ∂c/∂z_f, ∂c/∂z_g
+
+    the backward step is five small ops and a matmul: dm = dh + d_out[t]; dc += dm ⊙ k_c;
+    [dz_i | dz_f | dz_g] = dc ⊗ [k_i | k_f | k_g]; dz_o = dm ⊙ k_o; dc ⊙= f; dh = dz W_hh. So the
+    forward, while i, f, g, o, c are hot in cache, writes the k's (one (N, 5H) buffer), each with one
+    fused op: with m = o ⊙ tanh(c) already there, k_c = o − m ⊙ tanh(c) and k_o = m − m ⊙ o
+    (`torch.addcmul(…, value=-1)`); likewise k_i = gi − gi ⊙ i with gi = g ⊙ i,
+    k_f = cf − cf ⊙ f with cf = f ⊙ c_prev, k_g = i − gi ⊙ g. The activations (N, 4H), computed in
+    place over z = x_proj + h_prev W_hhᵀ, are saved too, for f. Under no_grad no k is written.
+
+    Each step's gate math is `lstm_forward_step` / `lstm_backward_step` of the backend
+    `models.backends.step_kernels` picks (torch ops, compiled C++ or Triton: the same formulas); on
+    the CPU, a uniform batch without projection runs the whole loop, matmuls included, in one call of
+    `cpu_kernels.lstm_forward_sequence` / `lstm_backward_sequence`, which do exactly these steps.
+    Proven equal to torch.nn.LSTM and to the readable path by tests/test_fused.py and
+    tests/test_cpu_kernels.py (every route, float64, 1e-10).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr, batch_sizes, reverse,
+                for_backward=True):
+        layout = Layout(batch_sizes, reverse)
+        H = c0.shape[1]
+        h_buf, out, outs, h_init = layout.history(h0, x)  # (N + B, P)
+        c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
+        # z without its recurrent part for all steps, in one matmul; each step adds h_prev W_hhᵀ in
+        # place and turns z into the activations i | f | g | o in place.
+        acts = input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
+        k = workspace.empty(acts, layout.N, 5 * H) if for_backward else None  # (N, 5H): k_i|k_f|k_g|k_o|k_c
+        h_prevs = m_buf = None
+        if weight_hr is None and whole_sequence(layout, acts):
+            cpu_kernels.lstm_forward_sequence(acts, h_buf, c_buf, k, weight_hh.contiguous(), layout.B, reverse)
+        else:
+            h_prevs, m_buf = _forward_steps(layout, acts, k, weight_hh, weight_hr, (outs, h_init), (c_outs, c_init))
+
+        ctx.layout, ctx.for_backward = layout, for_backward
+        if for_backward:
+            ctx.save_for_backward(x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr,
+                                  k, acts, layout.stacked_previous(h_buf, h_prevs), m_buf)
+        return out.clone(), layout.final(outs, h_init), layout.final(c_outs, c_init)  # (N, P), (B, P), (B, H)
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn, d_cn):
+        if not ctx.for_backward:
+            raise RuntimeError("LSTMFunction ran with for_backward=False, so it saved nothing to backpropagate "
+                               "through; call it with for_backward=True when a gradient is wanted")
+        saved = ctx.saved_tensors
+        if needs_autograd(d_out, d_hn, d_cn):
+            return backward_by_autograd(ctx, "LSTM", saved[:8], (d_out, d_hn, d_cn)) + (None,) * 3
+        x, weight_ih, _, _, _, weight_hh, _, weight_hr, k, acts, h_prev, m_buf = saved
+        layout = ctx.layout
+        N, H, P = layout.N, k.shape[1] // 5, h_prev.shape[1]
+        dz = workspace.empty(k, N, 4 * H)  # (N, 4H): dz = d x_proj
+        dh = grad_buffer(d_hn, (layout.B, P), k)  # (B, P): running ∂L/∂h
+        dc = grad_buffer(d_cn, (layout.B, H), k)  # (B, H): running ∂L/∂c
+        d_out = d_out.contiguous() if d_out is not None else k.new_zeros(N, P)
+        dh_total = None
+        if weight_hr is None and whole_sequence(layout, k):
+            cpu_kernels.lstm_backward_sequence(d_out, dh, dc, k, acts, dz, weight_hh.contiguous(), layout.B,
+                                               layout.reverse)
+        else:
+            dh_total = _backward_steps(layout, d_out, dh, dc, k, acts, dz, weight_hh, weight_hr)
+
+        need = ctx.needs_input_grad
+        d_x, d_w_ih, d_b_ih, d_b_hh = input_grads(need, dz, x, weight_ih, (need[2], need[6]))
+        d_w_hh = torch.mm(dz.t(), h_prev) if need[5] else None  # dW_hh = dZᵀ H_prev  (4H, P)
+        d_w_hr = torch.mm(dh_total.t(), m_buf) if weight_hr is not None and need[7] else None  # dW_hr = DHᵀ M  (P, H)
+        return d_x, d_w_ih, d_b_ih, dh, dc, d_w_hh, d_b_hh, d_w_hr, None, None, None
+
+
+def _forward_steps(layout, acts, k, weight_hh, weight_hr, h, c):
+    """LSTMFunction.forward's time loop, one step at a time: the route of packed batches, projections
+    and devices without the sequence kernel. h, c: (per-step views of the history, initial rows).
+    Returns (every step's h_prev, m of every step or None)."""
+    (outs, h_init), (c_outs, c_init) = h, c
+    H = c_init.shape[1]
+    projected = weight_hr is not None
+    m_buf = None  # with a projection: m = o ⊙ tanh(c), (N, H) for the backward, else one step's (B, H)
+    if projected:
+        m_buf = workspace.empty(acts, layout.N if k is not None else layout.B, H)
+    ms = (layout.split(m_buf) if k is not None else layout.heads(m_buf)) if projected else outs
+    zs, ks = layout.split(acts), (layout.split(k) if k is not None else [None] * layout.T)
+    w_hh_t = weight_hh.t()
+    kernels = step_kernels(acts)
+    h_prevs = [None] * layout.T
+    for t in layout.order:
+        h_prev = h_prevs[t] = layout.previous(t, outs, h_init)
+        zs[t].addmm_(h_prev, w_hh_t)  # z = x_proj + h_prev W_hhᵀ  (b, 4H)
+        kernels.lstm_forward_step(zs[t], layout.previous(t, c_outs, c_init), c_outs[t], ms[t], ks[t])
+        if projected:
+            torch.mm(ms[t], weight_hr.t(), out=outs[t])  # h = m W_hrᵀ  (b, P)
+    return h_prevs, m_buf
+
+
+def _backward_steps(layout, d_out, dh, dc, k, acts, dz, weight_hh, weight_hr):
+    """LSTMFunction.backward's time loop, one step at a time (the route of `_forward_steps`): dz
+    written, dh and dc updated in place. Returns dh + d_out of every step (N, P) when projected."""
+    B, H, P = layout.B, dc.shape[1], dh.shape[1]
+    projected = weight_hr is not None
+    dh_total = workspace.empty(k, layout.N, P) if projected else None  # (N, P), for dW_hr
+    dms = layout.heads(k.new_empty(B, H)) if projected else None  # dm of one step
+    d_outs, dzs, ks, actss = layout.split(d_out), layout.split(dz), layout.split(k), layout.split(acts)
+    dh_totals, dhs, dcs = layout.split(dh_total) if projected else None, layout.heads(dh), layout.heads(dc)
+    kernels = step_kernels(k)
+    for t in layout.back_order:
+        if projected:
+            torch.add(dhs[t], d_outs[t], out=dh_totals[t])  # dh + d_out
+            dm = torch.mm(dh_totals[t], weight_hr, out=dms[t])  # dm = (dh + d_out) W_hr  (b, H)
+            kernels.lstm_backward_step(dm, None, dcs[t], ks[t], actss[t], dzs[t])
+        else:  # dm = dh + d_out
+            kernels.lstm_backward_step(dhs[t], d_outs[t], dcs[t], ks[t], actss[t], dzs[t])
+        torch.mm(dzs[t], weight_hh, out=dhs[t])  # dh_prev = dz W_hh  (b, P)
+    return dh_total

@@ -1,0 +1,89 @@
+"""The Elman RNN's fast path: one direction of one layer, forward and hand-derived backward through time.
+
+Equals `models.unroll.readable_direction("RNN", …)`, the readable unroll of `cells.RNNCell`; the
+tests prove both equal to torch.nn.RNN. `models/fused.py` says what the fast path saves over the
+readable one.
+"""
+import torch
+
+from . import cpu_kernels
+from .backends import step_kernels, whole_sequence
+from .double_backward import backward_by_autograd, needs_autograd
+from .layout import Layout, grad_buffer
+from .projection import input_grads, input_projection
+from .workspace import workspace
+
+
+class RNNFunction(torch.autograd.Function):
+    """One Elman RNN direction, forward and hand-derived backward through time.
+
+    apply(x (N, I), weight_ih (H, I), bias_ih (H,) or None, h0 (B, H), weight_hh (H, H),
+          bias_hh (H,) or None, batch_sizes, reverse, nonlinearity) -> (out (N, H), h_n (B, H))
+
+    Forward (`cells/rnn.py`), with x_proj = x W_ihᵀ + b_ih + b_hh for all steps in one matmul:
+        h = φ(x_proj + h_prev W_hhᵀ).
+    Saved: every h, which is also φ's derivative: tanh' = 1 − h², relu' = [h > 0] (torch's choice at
+    0, where relu is not differentiable).
+
+    Backward, with dh the output's gradient plus what step t+1 sends back:
+        dz = dh ⊙ φ'          dh_prev = dz W_hh  (b, H)          d x_proj = dz
+    and after the loop dW_hh = dZᵀ H_prev, db_hh = db_ih = Σ dZ, dW_ih = dZᵀ X, dx = dZ W_ih.
+
+    A step is one matmul and one activation, so there is no step kernel; on the CPU a uniform batch
+    runs the whole loop in one call of `cpu_kernels.rnn_forward_sequence` / `rnn_backward_sequence`.
+    Proven equal to torch.nn.RNN and to the readable path by tests/test_fused.py and
+    tests/test_cpu_kernels.py (every route, float64, 1e-10).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight_ih, bias_ih, h0, weight_hh, bias_hh, batch_sizes, reverse, nonlinearity):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        layout = Layout(batch_sizes, reverse)
+        relu = nonlinearity == "relu"
+        x_proj = input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, H), read only
+        h_buf, out, outs, h_init = layout.history(h0, x_proj)  # (N + B, H)
+        h_prevs = None
+        if whole_sequence(layout, x_proj):
+            cpu_kernels.rnn_forward_sequence(x_proj, h_buf, weight_hh.contiguous(), layout.B, reverse, relu)
+        else:
+            # the CPU kernels' tanh, where they run, is a vectorised loop; torch's CPU tanh is not
+            cpu_tanh = step_kernels(x_proj) is cpu_kernels
+            act = torch.Tensor.relu_ if relu else cpu_kernels.tanh_ if cpu_tanh else torch.Tensor.tanh_
+            xs, w_hh_t, h_prevs = layout.split(x_proj), weight_hh.t(), [None] * layout.T
+            for t in layout.order:
+                h_prev = h_prevs[t] = layout.previous(t, outs, h_init)
+                act(torch.addmm(xs[t], h_prev, w_hh_t, out=outs[t]))  # h = φ(x_proj + h_prev W_hhᵀ)  (b, H)
+
+        ctx.layout, ctx.relu = layout, relu
+        ctx.save_for_backward(x, weight_ih, bias_ih, h0, weight_hh, bias_hh, out,
+                              layout.stacked_previous(h_buf, h_prevs))
+        return out.clone(), layout.final(outs, h_init)  # (N, H), (B, H)
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn):
+        saved = ctx.saved_tensors
+        if needs_autograd(d_out, d_hn):
+            nonlinearity = "relu" if ctx.relu else "tanh"
+            return backward_by_autograd(ctx, "RNN", saved[:6], (d_out, d_hn), nonlinearity) + (None,) * 3
+        x, weight_ih, _, _, weight_hh, _, out, h_prev = saved
+        layout = ctx.layout
+        N, H = layout.N, out.shape[1]
+        dz = workspace.empty(out, N, H)  # (N, H): dz = d x_proj
+        dh = grad_buffer(d_hn, (layout.B, H), out)  # (B, H): running ∂L/∂h
+        d_out = d_out.contiguous() if d_out is not None else out.new_zeros(N, H)
+        if whole_sequence(layout, out):
+            cpu_kernels.rnn_backward_sequence(d_out, dh, out, dz, weight_hh.contiguous(), layout.B, layout.reverse,
+                                              ctx.relu)
+        else:
+            slope = (out > 0).to(out.dtype) if ctx.relu else 1 - out * out  # (N, H): φ'(z) from h = φ(z)
+            steps = list(zip(layout.split(d_out), layout.split(dz), layout.split(slope), layout.heads(dh)))
+            for t in layout.back_order:
+                d_out_t, dz_t, slope_t, dh_t = steps[t]
+                torch.mul(dh_t.add_(d_out_t), slope_t, out=dz_t)  # dz = (dh + d_out) ⊙ φ'
+                torch.mm(dz_t, weight_hh, out=dh_t)  # dh_prev = dz W_hh  (b, H)
+
+        need = ctx.needs_input_grad
+        d_x, d_w_ih, d_b_ih, d_b_hh = input_grads(need, dz, x, weight_ih, (need[2], need[5]))
+        d_w_hh = torch.mm(dz.t(), h_prev) if need[4] else None  # dW_hh = dZᵀ H_prev  (H, H)
+        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None, None
