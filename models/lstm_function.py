@@ -81,6 +81,10 @@ class LSTMFunction(torch.autograd.Function):
         H = c0.shape[1]
         h_buf, out, outs, h_init = layout.history(h0, x)  # (N + B, P)
         c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
+        if weight_hr is None and not for_backward and whole_sequence(layout, x):
+            _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, weight_hh)
+            ctx.layout, ctx.for_backward = layout, for_backward
+            return out.clone(), layout.final(outs, h_init), layout.final(c_outs, c_init)
         # z without its recurrent part for all steps, in one matmul; each step adds h_prev W_hhᵀ in
         # place and turns z into the activations i | f | g | o in place.
         acts = input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
@@ -124,6 +128,29 @@ class LSTMFunction(torch.autograd.Function):
         d_w_hh = torch.mm(dz.t(), h_prev) if need[5] else None  # dW_hh = dZᵀ H_prev  (4H, P)
         d_w_hr = torch.mm(dh_total.t(), m_buf) if weight_hr is not None and need[7] else None  # dW_hr = DHᵀ M  (P, H)
         return d_x, d_w_ih, d_b_ih, dh, dc, d_w_hh, d_b_hh, d_w_hr, None, None, None
+
+
+# The forward without a backward runs chunks of about this many bytes of z (`_forward_in_chunks`).
+CHUNK_BYTES = 4 << 20
+
+
+def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, weight_hh):
+    """The forward without a backward to follow, on the sequence kernel, a few steps at a time.
+
+    Nothing of a step but its states outlives the step, so the input projection is computed for a
+    chunk of steps (about CHUNK_BYTES of z) just before they run, into a buffer that each chunk
+    reuses while it is still in cache, instead of for the whole sequence at once.
+    """
+    B, T, H = layout.B, layout.T, h_buf.shape[1]
+    steps = max(1, CHUNK_BYTES // (B * 4 * H * x.element_size()))
+    starts = range(0, T, steps)
+    w_hh = weight_hh.contiguous()
+    for t0 in reversed(starts) if layout.reverse else starts:
+        t1 = min(t0 + steps, T)
+        acts = input_projection(x[t0 * B : t1 * B], weight_ih, bias_ih, bias_hh)  # ((t1 − t0)·B, 4H)
+        # From row t0·B on, the history buffers hold the chunk's steps and, where the kernel expects
+        # it, the state before them: step t0 − 1's (forwards) or step t1's (backwards), else h0.
+        cpu_kernels.lstm_forward_sequence(acts, h_buf[t0 * B :], c_buf[t0 * B :], None, w_hh, B, layout.reverse)
 
 
 def _forward_steps(layout, acts, k, weight_hh, weight_hr, h, c):

@@ -86,6 +86,22 @@ def test_sequence_kernels_equal_torch_however_a_step_is_shared(kind, threads, by
 
 
 @needs_sequences
+@pytest.mark.parametrize("chunk_steps", [1, 3, 7])
+@pytest.mark.parametrize("threads,by_rows", [(1, True), (2, True), (2, False)])
+def test_lstm_forward_without_grad_in_chunks_equals_torch(chunk_steps, threads, by_rows, monkeypatch):
+    """Without a backward the LSTM runs its sequence a chunk of steps at a time: chunks of 1, of 3
+    (7 steps: 3 + 3 + 1) and of all 7 steps, both directions, give torch.nn's outputs and states."""
+    from models import lstm_function
+    monkeypatch.setattr(cpu_kernels, "split", lambda batch, hidden: (threads, by_rows))
+    monkeypatch.setattr(lstm_function, "CHUNK_BYTES", chunk_steps * 5 * 4 * 40 * 8)  # B · 4H · 8 bytes a step
+    ours, ref = make_pair("lstm", 3, 40, num_layers=2, bidirectional=True)
+    x, hx = make_inputs("lstm", ours, 7, 5)
+    with torch.no_grad():
+        got, want = ours(x, hx), ref(x, hx)
+    torch.testing.assert_close(got, want, **TIGHT)
+
+
+@needs_sequences
 @pytest.mark.parametrize("batch,hidden,threads", [(64, 128, 2), (1, 512, 2), (64, 128, 1), (1, 512, 1)])
 def test_the_split_is_by_rows_at_large_batches_and_by_units_at_batch_one(batch, hidden, threads, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
