@@ -15,8 +15,8 @@ from . import cpu_kernels, eager_steps, triton_kernels
 # "never". See models/triton_kernels.py.
 TRITON = "auto"
 # On the CPU: "auto" (whole sequences in one compiled call where `whole_sequence` allows, else one
-# compiled kernel per step), "steps" (one compiled kernel per step always: the route of builds whose
-# torch has no MKL) or "never" (the eager ops). See models/cpu_kernels.py.
+# compiled kernel per step), "steps" (one compiled kernel per step, the matmuls torch's) or "never"
+# (the eager ops). See models/cpu_kernels.py.
 CPU_KERNELS = "auto"
 
 
@@ -31,7 +31,7 @@ def step_kernels(like):
 
 def whole_sequence(layout, like):
     """Whether a Function's whole time loop runs as one compiled call (`cpu_kernels.*_sequence`): on
-    the CPU kernels' route, with torch's BLAS found, and every step the same batch."""
+    the CPU kernels' route, not limited to steps, and every step the same (non-empty) batch."""
     return (layout.uniform and layout.B > 0 and step_kernels(like) is cpu_kernels
             and cpu_kernels.sequence_usable(like, CPU_KERNELS))
 

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <algorithm>
+#include <vector>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -197,10 +198,11 @@ void tanh_inplace(T* __restrict__ x, int64_t n) {
 
 // ---- whole sequences: the time loop itself, recurrent matmuls included ------------------------------
 //
-// One call runs every step of one direction: per step the recurrent matmul (BLAS gemm, through the
-// pointers set_gemm receives: the BLAS torch itself links) and the row functions above, so a step
-// costs no Python and no torch dispatch. The work of a step is split over `threads` OpenMP threads
-// (torch's own pool: libgomp is the one torch loaded) in one of two ways:
+// One call runs every step of one direction: per step the recurrent matmul and the row functions
+// above, so a step costs no Python and no torch dispatch. The recurrent weight is packed once per
+// call into column panels (`Packed`) that a small register-blocked kernel (`panel_kernel`) streams
+// through every step. The work of a step is split over `threads` OpenMP threads (torch's own pool:
+// libgomp is the one torch loaded) in one of two ways:
 //   by rows   each thread owns a slice of the batch for the whole sequence. A row's recurrence reads
 //             only that row (h_prev W_hhᵀ row by row; the backward's dz W_hh too), so the threads
 //             never wait for each other;
@@ -212,27 +214,132 @@ void tanh_inplace(T* __restrict__ x, int64_t n) {
 // with N = T·B, step t's rows at t·B; the history buffers of h (and c) hold h0 and every step's state,
 // forwards [h0 | step 0 | … | step T−1], backwards [step 0 | … | step T−1 | h0].
 
-using sgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
-                          const int*, const float*, const int*, const float*, float*, const int*);
-using dgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const double*,
-                          const double*, const int*, const double*, const int*, const double*, double*, const int*);
-sgemm_fn sgemm_ptr = nullptr;
-dgemm_fn dgemm_ptr = nullptr;
-
-// Row-major C (M×N, ldc) = A (M×K, lda) · op(Bm) + beta C, where op(Bm) = Bmᵀ for an (N×K) Bm when
-// transpose_b, else an (K×N) Bm. Fortran BLAS is column-major: it computes Cᵀ = op(Bm)ᵀ Aᵀ.
 template <typename T>
-void gemm(bool transpose_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bm, int64_t ldb, T beta,
-          T* C, int64_t ldc) {
-    if (M == 0 || N == 0) return;
-    const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
-    const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-    const T one = 1;
-    const char* ta = transpose_b ? "T" : "N";
-    if constexpr (sizeof(T) == 4)
-        sgemm_ptr(ta, "N", &m, &n, &k, &one, Bm, &la, A, &lb, &beta, C, &lc);
-    else
-        dgemm_ptr(ta, "N", &m, &n, &k, &one, Bm, &la, A, &lb, &beta, C, &lc);
+struct Simd {  // one 32-byte vector of T (AVX2's width; the compiler splits it where vectors are narrower)
+    typedef T vector __attribute__((vector_size(32)));
+    static constexpr int width = 32 / sizeof(T);
+};
+
+// A weight packed for C = A · B, B (K × N) split into `blocks` gate blocks of `width` columns each:
+// panel p of block g holds B's columns g·width + p·NR … + NR − 1 (zeros past the block's end) for
+// every k, NR consecutive values per k, so the kernel reads it front to back. NR = two vectors.
+template <typename T>
+struct Packed {
+    static constexpr int NR = 2 * Simd<T>::width;
+    std::vector<T> data;
+    int64_t K, width, panels;  // panels per block
+    Packed(int blocks, int64_t K_, int64_t width_)
+        : data(static_cast<size_t>(blocks) * ((width_ + NR - 1) / NR) * NR * K_), K(K_), width(width_),
+          panels((width_ + NR - 1) / NR) {}
+    T* panel(int g, int64_t p) { return data.data() + ((g * panels + p) * K) * NR; }
+    const T* panel(int g, int64_t p) const { return data.data() + ((g * panels + p) * K) * NR; }
+};
+
+// Packs W (blocks·width × K, row-major) for A · Wᵀ: the forward's h_prev W_hhᵀ. Called by every thread
+// of a team, which share the panels; returns after the last panel is written (omp for's barrier).
+template <typename T>
+void pack_transposed(const T* W, int blocks, Packed<T>& P) {
+    constexpr int NR = Packed<T>::NR;
+    const int64_t K = P.K, width = P.width, count = blocks * P.panels;
+#pragma omp for
+    for (int64_t q = 0; q < count; ++q) {
+        const int g = static_cast<int>(q / P.panels);
+        const int64_t p = q % P.panels;
+        T* out = P.panel(g, p);
+        const int cols = static_cast<int>(std::min<int64_t>(NR, width - p * NR));
+        const T* rows = W + (g * width + p * NR) * K;  // the panel's columns are W's rows p·NR …
+        for (int64_t k = 0; k < K; ++k)  // written in order; read as NR streams of rows
+            for (int c = 0; c < NR; ++c) out[k * NR + c] = c < cols ? rows[c * K + k] : T(0);
+    }
+}
+
+// Packs W (K × width, row-major) for A · W: the backward's dz W_hh. Same team contract.
+template <typename T>
+void pack_plain(const T* W, Packed<T>& P) {
+    constexpr int NR = Packed<T>::NR;
+    const int64_t K = P.K, width = P.width;
+#pragma omp for
+    for (int64_t p = 0; p < P.panels; ++p) {
+        T* out = P.panel(0, p);
+        for (int64_t k = 0; k < K; ++k)
+            for (int c = 0; c < NR; ++c) out[k * NR + c] = p * NR + c < width ? W[k * width + p * NR + c] : T(0);
+    }
+}
+
+// C (MR rows, ldc; its first `cols` ≤ NR columns) = or += A (MR rows, lda) · one panel: per row two
+// vectors of accumulators, updated by one broadcast of A and two loads of the panel per k. With few
+// rows the additions into one accumulator would wait on each other (an FMA's latency is several
+// cycles), so KU steps of k go to KU separate accumulators, summed at the end.
+template <typename T, int MR, int KU = (MR >= 4 ? 1 : MR >= 2 ? 2 : 4)>
+inline void panel_kernel(const T* __restrict__ A, int64_t lda, const T* __restrict__ panel, int64_t K,
+                         T* __restrict__ C, int64_t ldc, int cols, bool accumulate) {
+    typedef typename Simd<T>::vector V;
+    constexpr int W = Simd<T>::width;
+    V lo[KU][MR], hi[KU][MR];
+    for (int u = 0; u < KU; ++u)
+        for (int r = 0; r < MR; ++r) lo[u][r] = hi[u][r] = V{};
+    int64_t k = 0;
+    for (; k + KU <= K; k += KU)
+        for (int u = 0; u < KU; ++u) {
+            V b_lo, b_hi;
+            std::memcpy(&b_lo, panel + (k + u) * 2 * W, sizeof(V));
+            std::memcpy(&b_hi, panel + (k + u) * 2 * W + W, sizeof(V));
+            for (int r = 0; r < MR; ++r) {
+                const T a = A[r * lda + k + u];
+                lo[u][r] += a * b_lo;
+                hi[u][r] += a * b_hi;
+            }
+        }
+    for (; k < K; ++k) {
+        V b_lo, b_hi;
+        std::memcpy(&b_lo, panel + k * 2 * W, sizeof(V));
+        std::memcpy(&b_hi, panel + k * 2 * W + W, sizeof(V));
+        for (int r = 0; r < MR; ++r) {
+            const T a = A[r * lda + k];
+            lo[0][r] += a * b_lo;
+            hi[0][r] += a * b_hi;
+        }
+    }
+    for (int r = 0; r < MR; ++r) {
+        for (int u = 1; u < KU; ++u) {
+            lo[0][r] += lo[u][r];
+            hi[0][r] += hi[u][r];
+        }
+        T row[2 * W];
+        std::memcpy(row, &lo[0][r], sizeof(V));
+        std::memcpy(row + W, &hi[0][r], sizeof(V));
+        T* c = C + r * ldc;
+        if (accumulate)
+            for (int j = 0; j < cols; ++j) c[j] += row[j];
+        else
+            for (int j = 0; j < cols; ++j) c[j] = row[j];
+    }
+}
+
+// C[:, j0:j1] = or += A (M × K, lda) · block g of P, columns j0 … j1 − 1 of the block (j0 a multiple
+// of NR); C points at the block's column 0. Six rows at a time: 12 vector accumulators + 2 loads + 1
+// broadcast fill AVX2's 16 registers.
+template <typename T>
+void matmul_columns(const Packed<T>& P, int g, int64_t j0, int64_t j1, int64_t M, const T* A, int64_t lda, T* C,
+                    int64_t ldc, bool accumulate) {
+    constexpr int NR = Packed<T>::NR, MR = 6;
+    for (int64_t p = j0 / NR; p * NR < j1; ++p) {
+        const int cols = static_cast<int>(std::min<int64_t>(NR, j1 - p * NR));
+        const T* panel = P.panel(g, p);
+        T* Cp = C + p * NR;
+        int64_t i = 0;
+        for (; i + MR <= M; i += MR) panel_kernel<T, MR>(A + i * lda, lda, panel, P.K, Cp + i * ldc, ldc, cols, accumulate);
+        const T* Ai = A + i * lda;
+        T* Ci = Cp + i * ldc;
+        switch (M - i) {
+            case 5: panel_kernel<T, 5>(Ai, lda, panel, P.K, Ci, ldc, cols, accumulate); break;
+            case 4: panel_kernel<T, 4>(Ai, lda, panel, P.K, Ci, ldc, cols, accumulate); break;
+            case 3: panel_kernel<T, 3>(Ai, lda, panel, P.K, Ci, ldc, cols, accumulate); break;
+            case 2: panel_kernel<T, 2>(Ai, lda, panel, P.K, Ci, ldc, cols, accumulate); break;
+            case 1: panel_kernel<T, 1>(Ai, lda, panel, P.K, Ci, ldc, cols, accumulate); break;
+            default: break;
+        }
+    }
 }
 
 struct Share {  // this thread's rows [r0, r1) and units [j0, j1)
@@ -268,17 +375,13 @@ inline int team_size() {
 inline int64_t state_row(int64_t t, int64_t T_, int64_t B, bool reverse) { return reverse ? t * B : (t + 1) * B; }
 inline int64_t previous_row(int64_t t, int64_t T_, int64_t B, bool reverse) { return reverse ? (t + 1) * B : t * B; }
 
-// z_blocks columns [g·H + j0, g·H + j1) of C (M rows, ldc) += or = A · W[g·H + j0 .. g·H + j1)ᵀ for each
-// of the `blocks` gate blocks: one gemm when the share is every unit (the blocks are then adjacent).
+// C[rows, g·H + j] = or += A[rows] · W[g·H + j]ᵀ for the share's units j, in each of the gate blocks
+// g (C's row stride ldc): a step's h_prev W_hhᵀ, W_hh packed by pack_transposed.
 template <typename T>
-void gate_columns(const Share& s, int blocks, int64_t H, const T* A, int64_t lda, const T* W, int64_t K, T beta,
-                  T* C, int64_t ldc) {
-    if (s.units() == H) {
-        gemm<T>(true, s.rows(), blocks * H, K, A, lda, W, K, beta, C, ldc);
-        return;
-    }
+void gate_columns(const Share& s, const Packed<T>& W, int blocks, const T* A, int64_t lda, T* C, int64_t ldc,
+                  bool accumulate) {
     for (int g = 0; g < blocks; ++g)
-        gemm<T>(true, s.rows(), s.units(), K, A, lda, W + (g * H + s.j0) * K, K, beta, C + g * H + s.j0, ldc);
+        matmul_columns<T>(W, g, s.j0, s.j1, s.rows(), A, lda, C + g * W.width, ldc, accumulate);
 }
 
 // LSTM forward: acts (N, 4H) holds x_proj + b_ih + b_hh and becomes the activations (f in its f column
@@ -287,10 +390,12 @@ void gate_columns(const Share& s, int blocks, int64_t H, const T* A, int64_t lda
 template <typename T, bool TRAINING>
 void lstm_forward_sequence(T* acts, T* h, T* c, T* k, const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse,
                            int threads, bool by_rows) {
+    Packed<T> W(4, H, H);  // W_hh for h_prev W_hhᵀ
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        pack_transposed<T>(w_hh, 4, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
             T* z = acts + (t * B + s.r0) * 4 * H;
@@ -301,7 +406,7 @@ void lstm_forward_sequence(T* acts, T* h, T* c, T* k, const T* w_hh, int64_t T_,
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
-            gate_columns<T>(s, 4, H, h_prev, H, w_hh, H, T(1), z, 4 * H);  // z += h_prev W_hhᵀ
+            gate_columns<T>(s, W, 4, h_prev, H, z, 4 * H, true);  // z += h_prev W_hhᵀ
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* zr = z + row * 4 * H + s.j0;
                 T* kr = TRAINING ? k + (t * B + s.r0 + row) * 5 * H + s.j0 : nullptr;
@@ -321,10 +426,12 @@ void lstm_forward_sequence(T* acts, T* h, T* c, T* k, const T* w_hh, int64_t T_,
 template <typename T>
 void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* acts, T* dz, const T* w_hh, int64_t T_,
                             int64_t B, int64_t H, bool reverse, int threads, bool by_rows) {
+    Packed<T> W(1, 4 * H, H);  // W_hh for dz W_hh: one block, H columns
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        pack_plain<T>(w_hh, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
             for (int64_t row = s.r0; row < s.r1; ++row) {
@@ -345,8 +452,7 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
 #pragma omp barrier
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
-            gemm<T>(false, s.rows(), s.units(), 4 * H, dz + (t * B + s.r0) * 4 * H, 4 * H, w_hh + s.j0, H, T(0),
-                    dh + s.r0 * H + s.j0, H);
+            matmul_columns<T>(W, 0, s.j0, s.j1, s.rows(), dz + (t * B + s.r0) * 4 * H, 4 * H, dh + s.r0 * H, H, false);
         }
     }
 }
@@ -356,10 +462,12 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
 template <typename T>
 void gru_forward_sequence(const T* x, const T* bias, T* hh, T* rz, T* n, T* h, const T* w_hh, int64_t T_, int64_t B,
                           int64_t H, bool reverse, int threads, bool by_rows) {
+    Packed<T> W(3, H, H);  // W_hh for h_prev W_hhᵀ
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        pack_transposed<T>(w_hh, 3, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
             const T* h_prev = h + (previous_row(t, T_, B, reverse) + s.r0) * H;
@@ -368,7 +476,7 @@ void gru_forward_sequence(const T* x, const T* bias, T* hh, T* rz, T* n, T* h, c
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
-            gate_columns<T>(s, 3, H, h_prev, H, w_hh, H, T(0), hh_t, 3 * H);  // hh = h_prev W_hhᵀ
+            gate_columns<T>(s, W, 3, h_prev, H, hh_t, 3 * H, false);  // hh = h_prev W_hhᵀ
             for (int64_t row = 0; row < s.rows(); ++row) {
                 const int64_t nr = t * B + s.r0 + row, j = s.j0;
                 T* hr = hh_t + row * 3 * H + j;
@@ -394,10 +502,12 @@ template <typename T>
 void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const T* hh, const T* h_prev, T* d_hh,
                            T* d_xn, const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads,
                            bool by_rows) {
+    Packed<T> W(1, 3 * H, H);  // W_hh for dz W_hh: one block, H columns
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        pack_plain<T>(w_hh, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
             for (int64_t row = s.r0; row < s.r1; ++row) {
@@ -412,8 +522,7 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
 #pragma omp barrier
             }
             // dh[rows, units] += d_hh[rows, :] W_hh[:, units]
-            gemm<T>(false, s.rows(), s.units(), 3 * H, d_hh + (t * B + s.r0) * 3 * H, 3 * H, w_hh + s.j0, H, T(1),
-                    dh + s.r0 * H + s.j0, H);
+            matmul_columns<T>(W, 0, s.j0, s.j1, s.rows(), d_hh + (t * B + s.r0) * 3 * H, 3 * H, dh + s.r0 * H, H, true);
         }
     }
 }
@@ -423,10 +532,12 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
 template <typename T>
 void rnn_forward_sequence(const T* x, T* h, const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, bool relu,
                           int threads, bool by_rows) {
+    Packed<T> W(1, H, H);  // W_hh for h_prev W_hhᵀ
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        pack_transposed<T>(w_hh, 1, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
             const T* h_prev = h + (previous_row(t, T_, B, reverse) + s.r0) * H;
@@ -434,7 +545,7 @@ void rnn_forward_sequence(const T* x, T* h, const T* w_hh, int64_t T_, int64_t B
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
-            gate_columns<T>(s, 1, H, h_prev, H, w_hh, H, T(0), h_t, H);  // h = h_prev W_hhᵀ
+            gate_columns<T>(s, W, 1, h_prev, H, h_t, H, false);  // h = h_prev W_hhᵀ
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* __restrict__ hr = h_t + row * H + s.j0;
                 const T* __restrict__ xr = x + (t * B + s.r0 + row) * H + s.j0;
@@ -453,10 +564,12 @@ void rnn_forward_sequence(const T* x, T* h, const T* w_hh, int64_t T_, int64_t B
 template <typename T>
 void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* w_hh, int64_t T_, int64_t B, int64_t H,
                            bool reverse, bool relu, int threads, bool by_rows) {
+    Packed<T> W(1, H, H);  // W_hh for dz W_hh: one block, H columns
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        pack_plain<T>(w_hh, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
             for (int64_t row = s.r0; row < s.r1; ++row) {
@@ -474,8 +587,7 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
 #pragma omp barrier
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
-            gemm<T>(false, s.rows(), s.units(), H, dz + (t * B + s.r0) * H, H, w_hh + s.j0, H, T(0),
-                    dh + s.r0 * H + s.j0, H);
+            matmul_columns<T>(W, 0, s.j0, s.j1, s.rows(), dz + (t * B + s.r0) * H, H, dh + s.r0 * H, H, false);
         }
     }
 }
@@ -535,8 +647,3 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
 
 RNN_BY_HAND_EXPORT(float, f32)
 RNN_BY_HAND_EXPORT(double, f64)
-
-extern "C" void set_gemm(void* sgemm, void* dgemm) {
-    sgemm_ptr = reinterpret_cast<sgemm_fn>(sgemm);
-    dgemm_ptr = reinterpret_cast<dgemm_fn>(dgemm);
-}

@@ -5,10 +5,9 @@ gate: too small for torch to spread over threads, so each of the ~15 eager ops o
 (`models.eager_steps`) costs mostly its dispatch, and a step's matmul is too small for the BLAS to
 use a second thread. torch.nn.LSTM on the CPU runs oneDNN's fused LSTM primitive instead. Here the
 gate math of a step is one loop in C++ (`cpu_kernels.cpp`) that the compiler vectorises, and the
-whole time loop — recurrent matmul (torch's own BLAS, MKL) and gate math of every step — is one call
-through ctypes, which shares each step among torch's threads: by batch rows, or by hidden units at
-small batches (`split`). Without MKL (ARM and macOS builds of torch) the step kernels run one call
-per step and the matmul stays torch.mm.
+whole time loop — recurrent matmul and gate math of every step — is one call through ctypes, which
+packs W_hh once for the sequence, runs its own small matmul kernel over it every step, and shares
+each step among torch's threads: by batch rows, or by hidden units at small batches (`split`).
 
 Each step function has the name, arguments and effect of the function of the same name in
 `models.eager_steps` (and of the Triton kernel's in `models.triton_kernels`, but for the GRU's
@@ -131,8 +130,6 @@ def _library():
             for suffix in _SUFFIX.values():
                 fn = getattr(lib, f"{name}_{suffix}")
                 fn.argtypes, fn.restype = argtypes, None
-        lib.set_gemm.argtypes, lib.set_gemm.restype = [_P, _P], None
-        lib.set_gemm(*(_torch_gemm() or (None, None)))
         return lib
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
         warnings.warn(f"models.cpu_kernels: the CPU step kernels could not be built, so the fused path "
@@ -140,25 +137,6 @@ def _library():
                       f"Set RNN_BY_HAND_CPU_KERNELS=0 to skip the build and this warning.", RuntimeWarning,
                       stacklevel=3)
         return None
-
-
-@functools.lru_cache(maxsize=None)
-def _torch_gemm():
-    """Addresses of (sgemm_, dgemm_) in the MKL that torch's CPU library links and exports, or None.
-
-    The sequence kernels call the same BLAS as torch.mm. Only MKL is taken: it runs one thread when
-    called inside an OpenMP parallel region, which is what the kernels' own split over threads needs.
-    Builds without it (ARM, macOS) return None and keep the per-step path.
-    """
-    if not torch.backends.mkl.is_available():
-        return None
-    for path in sorted((Path(torch.__file__).parent / "lib").glob("*torch_cpu.*")):
-        try:
-            lib = ctypes.CDLL(str(path))
-            return tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in ("sgemm_", "dgemm_"))
-        except (OSError, AttributeError):
-            continue
-    return None
 
 
 def available():
@@ -174,9 +152,9 @@ def usable(tensor, mode="auto"):
 
 
 def sequence_usable(tensor, mode="auto"):
-    """Whether the fused path can run a whole uniform sequence in one call (`*_sequence` below) for
-    `tensor`: `usable`, and torch's BLAS found (`_torch_gemm`)."""
-    return usable(tensor, mode) and mode != "steps" and _torch_gemm() is not None
+    """Whether the fused path may run a whole uniform sequence in one call (`*_sequence` below) for
+    `tensor`: `usable`, and mode not "steps"."""
+    return usable(tensor, mode) and mode != "steps"
 
 
 def split(batch, hidden):

@@ -66,7 +66,7 @@ def test_float32_kernels_equal_torch_at_the_mnist_shape(kind):
 # -- whole sequences in one call, every way of sharing a step among threads -------------------------------
 
 needs_sequences = pytest.mark.skipif(not cpu_kernels.sequence_usable(torch.zeros(1)),
-                                     reason="no sequence kernels here (no compiler, or torch without MKL)")
+                                     reason="the CPU kernels did not build here (no C++ compiler?)")
 SPLITS = [(1, True), (2, True), (3, True), (2, False), (3, False)]  # (threads, by_rows)
 
 
@@ -74,14 +74,16 @@ SPLITS = [(1, True), (2, True), (3, True), (2, False), (3, False)]  # (threads, 
 @pytest.mark.parametrize("threads,by_rows", SPLITS)
 @pytest.mark.parametrize("kind", LAYERS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_sequence_kernels_equal_torch_however_a_step_is_shared(kind, threads, by_rows, bias, monkeypatch):
-    """Batch 5 and hidden 40 split into unequal shares: by rows 2 | 3 (or 1 | 2 | 2), by units 16 | 24
-    (or 16 | 16 | 8), bidirectional so both directions' loops run, two layers so the second reads
-    the first's output."""
-    monkeypatch.setattr(cpu_kernels, "split", lambda batch, hidden: (threads, by_rows))
-    ours, ref = make_pair(kind, 3, 40, num_layers=2, bidirectional=True, bias=bias)
-    x, hx = make_inputs(kind, ours, 6, 5)
-    assert backends.whole_sequence(fused_layout([5] * 6), x.detach())
+@pytest.mark.parametrize("hidden", [40, 37])
+def test_sequence_kernels_equal_torch_however_a_step_is_shared(kind, threads, by_rows, bias, hidden, monkeypatch):
+    """Batch 13 and hidden 40 or 37 split into unequal shares: by rows 6 | 7 (or 4 | 4 | 5), by units
+    16 | 24 or 16 | 21 (or 16 | 16 | 8, 16 | 16 | 5): whole and partial weight panels, the matmul
+    kernel's blocks of six rows and its shorter last blocks. Bidirectional so both directions' loops run, two layers
+    so the second reads the first's output."""
+    monkeypatch.setattr(cpu_kernels, "split", lambda batch, units: (threads, by_rows))
+    ours, ref = make_pair(kind, 3, hidden, num_layers=2, bidirectional=True, bias=bias)
+    x, hx = make_inputs(kind, ours, 6, 13)
+    assert backends.whole_sequence(fused_layout([13] * 6), x.detach())
     assert_same(ours, ref, x, hx, **TIGHT)
 
 
@@ -110,13 +112,14 @@ def test_the_split_is_by_rows_at_large_batches_and_by_units_at_batch_one(batch, 
     assert by_rows == (batch > 1 or threads == 1)
 
 
-def test_without_torchs_blas_the_steps_run_one_call_each_and_agree(monkeypatch):
-    """What builds of torch without MKL do (ARM, macOS): no sequence kernel, the per-step route."""
-    monkeypatch.setattr(cpu_kernels, "_torch_gemm", lambda: None)
-    assert not backends.whole_sequence(fused_layout([5] * 6), torch.zeros(1, dtype=torch.float64))
-    for kind in LAYERS:
-        ours, ref = make_pair(kind, 3, 40, bidirectional=True)
-        assert_same(ours, ref, *make_inputs(kind, ours, 6, 5), **TIGHT)
+def test_steps_mode_and_packed_batches_take_the_per_step_route(monkeypatch):
+    uniform, packed = fused_layout([5] * 6), fused_layout([5, 3, 3, 1])
+    like = torch.zeros(1, dtype=torch.float64)
+    assert backends.whole_sequence(uniform, like) == cpu_kernels.available()
+    assert not backends.whole_sequence(packed, like)
+    monkeypatch.setattr(backends, "CPU_KERNELS", "steps")
+    assert not backends.whole_sequence(uniform, like)
+    assert backends.step_kernels(like) is (cpu_kernels if cpu_kernels.available() else eager_steps)
 
 
 def fused_layout(batch_sizes):
