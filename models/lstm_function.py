@@ -131,7 +131,7 @@ class LSTMFunction(torch.autograd.Function):
 
 
 # The forward without a backward runs chunks of about this many bytes of z (`_forward_in_chunks`).
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 16 << 20
 
 
 def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, weight_hh):

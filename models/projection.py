@@ -23,6 +23,11 @@ def input_projection(x, weight_ih, *biases):
     return torch.addmm(bias, x, weight_ih.t(), out=out)
 
 
+# Below this input size dW_ih is computed as the transpose of (I, G·H) = xᵀ d x_proj, which MKL's gemm
+# runs faster than the narrow (G·H, I) product (benchmarks/results/profile.md has the measurement).
+NARROW_INPUT = 64
+
+
 def input_grads(need, d_proj, x, weight_ih, bias_grads):
     """The gradients of x, W_ih and each bias from d x_proj (N, G·H), as needs_input_grad asks.
 
@@ -30,7 +35,11 @@ def input_grads(need, d_proj, x, weight_ih, bias_grads):
     sum for every bias that was added (each gets its own copy: they are different parameters' grads).
     """
     d_x = torch.mm(d_proj, weight_ih) if need[0] else None  # (N, I)
-    d_w_ih = torch.mm(d_proj.t(), x) if need[1] else None  # (G·H, I)
+    d_w_ih = None
+    if need[1] and x.shape[1] < NARROW_INPUT:  # as (xᵀ d x_proj)ᵀ: the BLAS handles a wide product better
+        d_w_ih = torch.mm(x.t(), d_proj).t().contiguous()  # (G·H, I)
+    elif need[1]:
+        d_w_ih = torch.mm(d_proj.t(), x)  # (G·H, I)
     d_b = d_proj.sum(0) if any(bias_grads) else None  # (G·H,)
     d_biases, shared = [], False
     for wanted in bias_grads:

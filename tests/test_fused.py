@@ -355,3 +355,13 @@ def test_buffers_are_not_reused_while_referenced(kind):
         for a, b, c in zip(first, again, want):
             torch.testing.assert_close(a, c, **TIGHT)
             torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("narrow_input", [0, 10**6])
+@pytest.mark.parametrize("kind", KINDS)
+def test_weight_ih_gradient_in_either_orientation_equals_torch(kind, narrow_input, monkeypatch):
+    """dW_ih is computed as (xᵀ d x_proj)ᵀ for narrow inputs and as d x_projᵀ x otherwise: both agree."""
+    from models import projection
+    monkeypatch.setattr(projection, "NARROW_INPUT", narrow_input)
+    ours, ref = make_pair(kind, 3, 4, num_layers=2)
+    assert_same(ours, ref, *make_inputs(kind, ours, 5, 4), **TIGHT)
