@@ -37,7 +37,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def machine_info(device: torch.device, threads: int, dtype: str, min_run_time: float, rounds: int,
+def machine_info(device: torch.device, threads: int, dtype: str, min_run_time: float, rounds: int, runs: int,
                  command: str, checked: bool) -> Dict[str, object]:
     """Everything the report's header says about where and how the numbers were taken."""
     if device.type == "cuda":
@@ -49,7 +49,7 @@ def machine_info(device: torch.device, threads: int, dtype: str, min_run_time: f
         detail = f"{name}, {os.cpu_count()} logical CPUs, {threads} torch thread{'s' * (threads != 1)}"
     return {"device": device.type, "device_name": name, "detail": detail, "torch": torch.__version__,
             "python": platform.python_version(), "dtype": dtype, "threads": threads,
-            "min_run_time": min_run_time, "rounds": rounds, "command": command, "checked": checked,
+            "min_run_time": min_run_time, "rounds": rounds, "runs": runs, "command": command, "checked": checked,
             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()}
 
 
@@ -58,8 +58,13 @@ def fmt_ms(ms: float) -> str:
     return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3f}"
 
 
-def fmt_ratio(ratio: Optional[float]) -> str:
-    return "–" if ratio is None else f"{ratio:.2f}"
+def fmt_ratio(ratio: Optional[float], low: Optional[float] = None, high: Optional[float] = None) -> str:
+    """The ratio, and its spread over the runs as (min–max) when there was more than one run."""
+    if ratio is None:
+        return "–"
+    if low is None or high is None or low == high:
+        return f"{ratio:.2f}"
+    return f"{ratio:.2f} ({low:.2f}–{high:.2f})"
 
 
 def markdown(rows: List[dict], info: Dict[str, object]) -> str:
@@ -72,10 +77,13 @@ def markdown(rows: List[dict], info: Dict[str, object]) -> str:
         f"- date: {info['date']}",
         f"- command: `{info['command']}`",
         f"- times: median ms per call from `torch.utils.benchmark.Timer.blocked_autorange`, "
-        f"{info['min_run_time']:g} s per implementation, shape and pass in {info['rounds']} interleaved rounds; "
+        f"{info['min_run_time']:g} s per implementation, shape and pass in {info['rounds']} interleaved rounds"
+        + (f", {info['runs']} runs (the median over runs)" if info.get("runs", 1) > 1 else "") + "; "
         f"forward under `torch.no_grad()`; train = forward + backward to the input and every parameter "
         f"through the output and the final states",
-        "- ratio: time over torch.nn's on the same shape, so below 1 is faster than torch.nn",
+        "- ratio: time over torch.nn's on the same shape, so below 1 is faster than torch.nn"
+        + (f"; each run's ratio is from that run's times, the table gives the median of the {info['runs']} runs "
+           f"and (min–max)" if info.get("runs", 1) > 1 else ""),
         "- impls: `torch` = torch.nn (cuDNN on a GPU), `readable` = our Python unroll of the cell, "
         "`ours` = our layers' default path (`impl=\"auto\"`)",
         ("- every implementation was checked equal to torch.nn (output, final states, gradients) "
@@ -93,8 +101,11 @@ def markdown(rows: List[dict], info: Dict[str, object]) -> str:
             if r["cell"] != cell:
                 continue
             shape = f"{r['batch']}, {r['seq_len']}, {r['input_size']}, {r['hidden_size']}"
+            spread = {k: r.get(k) for k in ("forward_ratio_min", "forward_ratio_max", "train_ratio_min",
+                                               "train_ratio_max")}
             line = (f"| {shape} | {r['impl']} | {fmt_ms(r['forward_ms'])} | {fmt_ms(r['train_ms'])} "
-                    f"| {fmt_ratio(r['forward_ratio'])} | {fmt_ratio(r['train_ratio'])} |")
+                    f"| {fmt_ratio(r['forward_ratio'], spread['forward_ratio_min'], spread['forward_ratio_max'])} "
+                    f"| {fmt_ratio(r['train_ratio'], spread['train_ratio_min'], spread['train_ratio_max'])} |")
             if with_mem:
                 line += f" {r['peak_mem_bytes'] / 2**20:.1f} |"
             lines.append(line)

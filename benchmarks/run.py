@@ -39,8 +39,9 @@ OUR_IMPL = {"readable": "readable", "ours": "auto"}
 DEVICES = ("cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TORCH_LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-ROW_KEYS = ("cell", "impl", "device", "batch", "seq_len", "input_size", "hidden_size",
-            "forward_ms", "train_ms", "forward_ratio", "train_ratio")
+ROW_KEYS = ("cell", "impl", "device", "batch", "seq_len", "input_size", "hidden_size", "runs",
+            "forward_ms", "train_ms", "forward_ratio", "train_ratio",
+            "forward_ratio_min", "forward_ratio_max", "train_ratio_min", "train_ratio_max")
 
 
 class Shape(NamedTuple):
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=positive(int), default=5, metavar="N",
                         help="interleaved rounds per measurement; the median is over all of them "
                              "(default: 5)")
+    parser.add_argument("--runs", type=positive(int), default=1, metavar="N",
+                        help="time every case N times, one after another; the report gives the median "
+                             "ratio and the smallest and largest of the N (default: 1)")
     parser.add_argument("--threads", type=positive(int), default=None, metavar="N",
                         help=f"CPU threads for torch (default: torch's current, {torch.get_num_threads()} here)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights and inputs (default: 0)")
@@ -320,9 +324,17 @@ def ieee_float32(device: torch.device):
             torch.backends.cudnn.allow_tf32 = saved
 
 
-def run_case(cell: str, shape: Shape, args, device: torch.device, dtype: torch.dtype,
-             threads: int, log: Callable[[str], None]) -> List[dict]:
-    """Check and time every implementation on one cell and shape; one row per implementation."""
+class Case(NamedTuple):
+    """One cell and shape, checked and ready to time: its layers and the inputs they share."""
+
+    cell: str
+    shape: Shape
+    layers: Dict[str, nn.Module]
+    inputs: Inputs
+
+
+def prepare_case(cell: str, shape: Shape, args, device: torch.device, dtype: torch.dtype) -> Case:
+    """Build every implementation of one cell and shape and check it against torch.nn."""
     layers = make_layers(cell, shape, args.impls, device, dtype)
     inputs = make_inputs(cell, shape, device, dtype)
     if not args.no_check:
@@ -330,34 +342,53 @@ def run_case(cell: str, shape: Shape, args, device: torch.device, dtype: torch.d
         for impl in args.impls:
             if impl != "torch":
                 check(cell, impl, shape, layers[impl], layers["torch"], inputs, device, dtype, expected)
-        del expected
+    return Case(cell, shape, layers, inputs)
+
+
+def time_case(case: Case, args, threads: int) -> Dict[str, Dict[str, float]]:
+    """{"forward": {impl: ms}, "train": {impl: ms}}: one run's medians for every implementation."""
 
     def inference(layer):
         def fn():
             with torch.no_grad():
-                return forward(layer, inputs)
+                return forward(layer, case.inputs)
         return fn
 
-    label = f"{cell} {shape}"
-    fwd = time_ms({impl: inference(layers[impl]) for impl in args.impls}, threads, args.min_run_time,
-                  args.rounds, label + " forward")
-    train_fns = {impl: (lambda layer=layers[impl]: train_step(layer, inputs)) for impl in args.impls}
-    train = time_ms(train_fns, threads, args.min_run_time, args.rounds, label + " train")
+    label = f"{case.cell} {case.shape}"
+    train_fns = {impl: (lambda layer=case.layers[impl]: train_step(layer, case.inputs)) for impl in args.impls}
+    return {"forward": time_ms({impl: inference(case.layers[impl]) for impl in args.impls}, threads,
+                               args.min_run_time, args.rounds, label + " forward"),
+            "train": time_ms(train_fns, threads, args.min_run_time, args.rounds, label + " train")}
 
+
+def summarize(case: Case, runs: List[Dict[str, Dict[str, float]]], args, device: torch.device) -> List[dict]:
+    """One row per implementation: medians over the runs of its times and of its ratios over torch.nn's
+    (each run's ratio from that run's times), with the smallest and largest ratio of any run."""
     rows = []
     for impl in args.impls:
-        row = {"cell": cell, "impl": impl, "device": device.type, "batch": shape.batch,
-               "seq_len": shape.seq_len, "input_size": shape.input_size, "hidden_size": shape.hidden_size,
-               "forward_ms": fwd[impl], "train_ms": train[impl],
-               "forward_ratio": fwd[impl] / fwd["torch"] if "torch" in fwd else None,
-               "train_ratio": train[impl] / train["torch"] if "torch" in train else None}
+        row = {"cell": case.cell, "impl": impl, "device": device.type, "batch": case.shape.batch,
+               "seq_len": case.shape.seq_len, "input_size": case.shape.input_size,
+               "hidden_size": case.shape.hidden_size, "runs": len(runs)}
+        for pass_ in ("forward", "train"):
+            row[f"{pass_}_ms"] = statistics.median(r[pass_][impl] for r in runs)
+            ratios = [r[pass_][impl] / r[pass_]["torch"] for r in runs] if "torch" in args.impls else None
+            row[f"{pass_}_ratio"] = statistics.median(ratios) if ratios else None
+            row[f"{pass_}_ratio_min"] = min(ratios) if ratios else None
+            row[f"{pass_}_ratio_max"] = max(ratios) if ratios else None
         if device.type == "cuda":
-            row["peak_mem_bytes"] = peak_train_memory(train_fns[impl])
+            train_fn = lambda layer=case.layers[impl]: train_step(layer, case.inputs)  # noqa: E731
+            row["peak_mem_bytes"] = peak_train_memory(train_fn)
         rows.append(row)
-        ratios = "" if row["train_ratio"] is None else \
-            f"  ({row['forward_ratio']:.2f}x / {row['train_ratio']:.2f}x torch)"
-        log(f"{cell:4} {str(shape):28} {impl:8} forward {fwd[impl]:9.3f} ms  train {train[impl]:9.3f} ms{ratios}")
     return rows
+
+
+def log_run(case: Case, timing, run_index: int, log: Callable[[str], None]) -> None:
+    for impl, fwd in timing["forward"].items():
+        train = timing["train"][impl]
+        ratios = "" if "torch" not in timing["forward"] else \
+            f"  ({fwd / timing['forward']['torch']:.2f}x / {train / timing['train']['torch']:.2f}x torch)"
+        log(f"run {run_index + 1}  {case.cell:4} {str(case.shape):28} {impl:8} forward {fwd:9.3f} ms  "
+            f"train {train:9.3f} ms{ratios}")
 
 
 # -- entry point ------------------------------------------------------------------------------------
@@ -390,17 +421,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     try:
         with ieee_float32(device):
+            cases = []
             for shape in args.shapes:
                 for cell in args.cells:
                     torch.manual_seed(args.seed)
-                    rows += run_case(cell, shape, args, device, dtype, threads, log)
+                    cases.append(prepare_case(cell, shape, args, device, dtype))
+            # Every case once per run, so that a slow spell of a shared machine lands in one run of
+            # each case rather than in every run of one.
+            timings = {i: [] for i in range(len(cases))}
+            for run_index in range(args.runs):
+                for i, case in enumerate(cases):
+                    timings[i].append(time_case(case, args, threads))
+                    log_run(case, timings[i][-1], run_index, log)
+            for i, case in enumerate(cases):
+                rows += summarize(case, timings[i], args, device)
     except BenchmarkError as e:
         print(f"python -m benchmarks: check failed, nothing timed for this case: {e}", file=sys.stderr)
         return 1
     finally:
         torch.set_num_threads(saved_threads)
 
-    info = report.machine_info(device, threads, args.dtype, args.min_run_time, args.rounds,
+    info = report.machine_info(device, threads, args.dtype, args.min_run_time, args.rounds, args.runs,
                                "python -m benchmarks " + shlex.join(argv), checked=not args.no_check)
     text = report.markdown(rows, info)
     # Files first: minutes of measurements must not be lost to a closed stdout (`| head`).

@@ -186,3 +186,17 @@ def test_time_ms_gives_slow_calls_fewer_rounds():
     assert ms["slow"] >= 20 and 0 < ms["fast"] < ms["slow"]
     assert calls["slow"] == 3 * 2  # per round: blocked_autorange's warm-up call and one block of one
     assert calls["fast"] > calls["slow"]
+
+
+def test_several_runs_report_the_median_ratio_and_its_spread(tmp_path):
+    path = tmp_path / "runs.json"
+    assert main(["--device", "cpu", "--cells", "gru", "--impls", "torch,ours", *TINY, "--runs", "3",
+                 "--json", str(path), "--markdown", str(tmp_path / "runs.md")]) == 0
+    torch_row, ours = json.loads(path.read_text())
+    assert torch_row["runs"] == ours["runs"] == 3
+    assert torch_row["forward_ratio_min"] == torch_row["forward_ratio_max"] == 1.0
+    for p in ("forward", "train"):
+        assert ours[f"{p}_ratio_min"] <= ours[f"{p}_ratio"] <= ours[f"{p}_ratio_max"]
+    text = (tmp_path / "runs.md").read_text()
+    assert "median of the 3 runs" in text
+    assert f"{ours['train_ratio']:.2f} (" in text or ours["train_ratio_min"] == ours["train_ratio_max"]
