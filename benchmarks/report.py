@@ -79,8 +79,8 @@ def markdown(rows: List[dict], info: Dict[str, object]) -> str:
         f"- times: median ms per call from `torch.utils.benchmark.Timer.blocked_autorange`, "
         f"{info['min_run_time']:g} s per implementation, shape and pass in {info['rounds']} interleaved rounds"
         + (f", {info['runs']} runs (the median over runs)" if info.get("runs", 1) > 1 else "") + "; "
-        f"forward under `torch.no_grad()`; train = forward + backward to the input and every parameter "
-        f"through the output and the final states",
+        "forward under `torch.no_grad()`; train = forward + backward to the input and every parameter "
+        "through the output and the final states",
         "- ratio: time over torch.nn's on the same shape, so below 1 is faster than torch.nn"
         + (f"; each run's ratio is from that run's times, the table gives the median of the {info['runs']} runs "
            f"and (min–max)" if info.get("runs", 1) > 1 else ""),

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time our RNN/LSTM/GRU layers against torch.nn after checking they give the same "
                     "outputs and gradients. Times are medians in milliseconds; ratios are over torch.nn "
                     "on the same shape (below 1 is faster).",
-        epilog=f"example: python -m benchmarks --device cpu --cells lstm --shapes 64,28,28,128 --json b.json")
+        epilog="example: python -m benchmarks --device cpu --cells lstm --shapes 64,28,28,128 --json b.json")
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
     parser.add_argument("--cells", type=choice_list(CELLS), default=list(CELLS), metavar="rnn,lstm,gru",
                         help="which cells, comma-separated (default: all three)")

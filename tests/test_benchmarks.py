@@ -200,3 +200,37 @@ def test_several_runs_report_the_median_ratio_and_its_spread(tmp_path):
     text = (tmp_path / "runs.md").read_text()
     assert "median of the 3 runs" in text
     assert f"{ours['train_ratio']:.2f} (" in text or ours["train_ratio_min"] == ours["train_ratio_max"]
+
+
+def test_profile_splits_a_training_step_into_its_parts(tmp_path):
+    from benchmarks import profile
+    path = tmp_path / "profile.md"
+    assert profile.main(["--cells", "lstm,gru", "--shapes", "2,3,4,16", "--steps", "1",
+                         "--markdown", str(path)]) == 0
+    text = path.read_text()
+    for heading in ("## LSTM B=2 T=3 I=4 H=16", "## GRU B=2 T=3 I=4 H=16"):
+        assert heading in text
+    for part in profile.PARTS:
+        assert f"| {part} |" in text or f"&nbsp;&nbsp;{part} |" in text
+
+
+def test_profile_sorts_matmuls_by_shape_and_pass():
+    from benchmarks import profile
+
+    class Event:
+        def __init__(self, name, shapes, parent=None):
+            self.name, self.input_shapes, self.cpu_parent = name, shapes, parent
+
+    engine = Event("autograd::engine::evaluate_function: AddmmBackward0", [])
+    B, rows = 4, 12  # batch 4, 3 steps
+    assert profile.part_of(Event("aten::addmm", [[48], [rows, 5], [5, 48]]), "torch", "gru", B, rows) == \
+        "input projection"
+    assert profile.part_of(Event("aten::addmm", [[48], [B, 16], [16, 48]]), "torch", "gru", B, rows) == \
+        "recurrent matmuls"
+    assert profile.part_of(Event("aten::mm", [[B, 48], [48, 16]], engine), "torch", "gru", B, rows) == \
+        "recurrent matmuls"
+    assert profile.part_of(Event("aten::mm", [[48, B], [B, 16]], engine), "torch", "gru", B, rows) == \
+        "weight-gradient matmuls"
+    assert profile.part_of(Event("aten::sigmoid", [[B, 16]]), "torch", "gru", B, rows) == "gate math"
+    assert profile.part_of(Event("aten::mkldnn_rnn_layer", []), "torch", "lstm", B, rows) == "time loop"
+    assert profile.part_of(Event("LSTMFunctionBackward", [], engine), "ours", "lstm", B, rows) == "time loop"
