@@ -220,8 +220,8 @@ def tolerances(dtype: torch.dtype, seq_len: int):
     so it is large (hundreds at the default shapes) and its rounding error is relative to that size,
     not to each element: atol scaled by max|expected| covers it, where a fixed atol fails on the
     elements that cancel out. The error also grows along the sequence, roughly as √T (a random walk).
-    With these, the worst float32 error measured at the default shapes is below 0.2 of the tolerance,
-    while a wrong gate or weight is off by the order of the values themselves.
+    Rounding stays well inside these, while a wrong gate or weight is off by the order of the values
+    themselves.
     """
     rtol, atol = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-7, 1e-9)}[dtype]
     scale = max(1.0, math.sqrt(seq_len / 25))  # 1 up to T = 25, 5.6 at T = 784

@@ -51,10 +51,12 @@ Where the pieces live:
 """
 import torch
 
-from .backends import fused_supported  # noqa: F401  (models.layers asks here)
+from .backends import fused_supported
 from .gru_function import GRUFunction
 from .lstm_function import LSTMFunction
 from .rnn_function import RNNFunction
+
+__all__ = ["fused_direction", "fused_supported", "LSTMFunction", "GRUFunction", "RNNFunction"]
 
 
 def fused_direction(mode, x, weight_ih, bias_ih, batch_sizes, state, weight_hh, bias_hh, weight_hr, reverse,

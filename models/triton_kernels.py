@@ -148,8 +148,8 @@ def _launch(name, n, *args, **constexprs):
 
 def _rows(t, width):
     """Kernels index rows as row · width + col: the tensor must be row-major with that row stride."""
-    assert t.stride() == (width, 1) or t.shape[0] <= 1 and t.stride(-1) == 1, \
-        f"triton step: expected rows of width {width}, got strides {t.stride()}"
+    if t.stride(-1) != 1 or (t.shape[0] > 1 and t.stride(0) != width):
+        raise ValueError(f"triton step kernel: expected rows of width {width}, got strides {t.stride()}")
     return t
 
 

@@ -4,10 +4,12 @@ Weights move through state_dict by name (strict), never by parameter order; ever
 with torch.testing.assert_close: outputs, final states, and the gradients of the input, of the
 initial states and of every named parameter.
 """
+import warnings
+
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import cells
 import models
@@ -89,21 +91,65 @@ CELLS = {  # name: (ours, torch.nn's, extra constructor arguments)
 }
 
 
-def layer_pair(kind, input_size=3, hidden_size=4, impl="auto", dtype=torch.float64, seed=0, **options):
-    """(ours, torch.nn's) layers of one kind with the same weights (copied by name, strict)."""
+def layer_pair(kind, input_size=3, hidden_size=4, impl="auto", dtype=torch.float64, device="cpu", seed=0,
+               **options):
+    """(ours, torch.nn's) layers of one kind with the same weights (copied by name, strict). With
+    dropout both are put in eval mode: their masks come from different random streams."""
     ours_cls, ref_cls, extra = LAYERS[kind]
     torch.manual_seed(seed)
-    ref = ref_cls(input_size, hidden_size, dtype=dtype, **extra, **options)
-    ours = ours_cls(input_size, hidden_size, dtype=dtype, impl=impl, **extra, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dropout with one layer
+        ref = ref_cls(input_size, hidden_size, dtype=dtype, device=device, **extra, **options)
+        ours = ours_cls(input_size, hidden_size, dtype=dtype, device=device, impl=impl, **extra, **options)
     ours.load_state_dict(ref.state_dict(), strict=True)
+    if options.get("dropout"):
+        ours.eval(), ref.eval()
     return ours, ref
 
 
-def cell_pair(kind, input_size=3, hidden_size=4, dtype=torch.float64, seed=0):
+def fused_pair(kind, input_size=3, hidden_size=4, **options):
+    """layer_pair with ours on the fast path (models.fused), whatever the device."""
+    return layer_pair(kind, input_size, hidden_size, impl="fused", **options)
+
+
+def cell_pair(kind, input_size=3, hidden_size=4, dtype=torch.float64, device="cpu", seed=0, bias=True):
     """(ours, torch.nn's) cells of one kind with the same weights (copied by name, strict)."""
     ours_cls, ref_cls, extra = CELLS[kind]
     torch.manual_seed(seed)
-    ref = ref_cls(input_size, hidden_size, dtype=dtype, **extra)
-    ours = ours_cls(input_size, hidden_size, dtype=dtype, **extra)
+    ref = ref_cls(input_size, hidden_size, bias=bias, dtype=dtype, device=device, **extra)
+    ours = ours_cls(input_size, hidden_size, bias=bias, dtype=dtype, device=device, **extra)
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ours, ref
+
+
+# Layer options the fast path's tests run through:
+# (num_layers, bidirectional, proj_size, packed lengths or None, initial state given)
+LAYER_OPTIONS = [
+    (1, False, 0, None, True),
+    (1, False, 0, None, False),
+    (2, True, 0, None, True),
+    (1, True, 0, [3, 5, 1, 5], True),
+    (2, False, 0, [2, 5, 4, 1], False),
+    (2, True, 0, [5, 1, 3, 2], True),
+]
+
+
+def layer_inputs(kind, module, steps, batch, lengths=None, with_state=True, seed=1):
+    """(input, hx): a (T, B, I) tensor or a PackedSequence of unsorted lengths; hx random or None."""
+    gen = torch.Generator().manual_seed(seed)
+    opts = {"dtype": module.weight_ih_l0.dtype}
+    device = module.weight_ih_l0.device
+    new = lambda *shape: torch.randn(*shape, generator=gen, **opts).to(device).requires_grad_()  # noqa: E731
+    x = new(steps, batch, module.input_size)  # (T, B, I)
+    if lengths is not None:
+        x = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
+    if not with_state:
+        return x, None
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    h0 = new(layers, batch, module.proj_size or module.hidden_size)  # (L·D, B, P)
+    return x, ((h0, new(layers, batch, module.hidden_size)) if kind == "lstm" else h0)
+
+
+def assert_same(ours, ref, x, hx, **tol):
+    """assert_equivalent on (x, hx), each side getting its own copy of the inputs."""
+    assert_equivalent(ours, ref, [x, hx], clone_inputs([x, hx]), **tol)

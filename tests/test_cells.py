@@ -3,26 +3,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
-from cells import GRUCell, LSTMCell, RNNCell
-from reference import DEVICES, TIGHT, assert_equivalent, clone_inputs
+from cells import GRUCell
+from reference import CELLS, DEVICES, TIGHT, assert_equivalent, cell_pair, clone_inputs
 
-CELLS = {
-    "rnn_tanh": (RNNCell, nn.RNNCell, {"nonlinearity": "tanh"}),
-    "rnn_relu": (RNNCell, nn.RNNCell, {"nonlinearity": "relu"}),
-    "lstm": (LSTMCell, nn.LSTMCell, {}),
-    "gru": (GRUCell, nn.GRUCell, {}),
-}
-
-
-def make_pair(kind, input_size, hidden_size, bias=True, dtype=torch.float64, device="cpu", seed=0):
-    ours_cls, ref_cls, kwargs = CELLS[kind]
-    torch.manual_seed(seed)
-    ref = ref_cls(input_size, hidden_size, bias=bias, dtype=dtype, device=device, **kwargs)
-    ours = ours_cls(input_size, hidden_size, bias=bias, dtype=dtype, device=device, **kwargs)
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    return ours, ref
 
 
 def make_inputs(kind, batch, input_size, hidden_size, with_state, dtype=torch.float64, device="cpu"):
@@ -40,7 +24,7 @@ def make_inputs(kind, batch, input_size, hidden_size, with_state, dtype=torch.fl
 @pytest.mark.parametrize("batch", [0, 1, 5])
 @pytest.mark.parametrize("with_state", [True, False])
 def test_cell_equals_torch(kind, bias, batch, with_state, device):
-    ours, ref = make_pair(kind, 4, 3, bias=bias, device=device)
+    ours, ref = cell_pair(kind, 4, 3, bias=bias, device=device)
     inputs = make_inputs(kind, batch, 4, 3, with_state, device=device)
     assert_equivalent(ours, ref, inputs, clone_inputs(inputs), **TIGHT)
 
@@ -49,21 +33,21 @@ def test_cell_equals_torch(kind, bias, batch, with_state, device):
 @given(kind=st.sampled_from(sorted(CELLS)), input_size=st.integers(1, 6), hidden_size=st.integers(1, 6),
        batch=st.integers(0, 4), bias=st.booleans(), with_state=st.booleans(), seed=st.integers(0, 2**16))
 def test_cell_equals_torch_drawn(kind, input_size, hidden_size, batch, bias, with_state, seed):
-    ours, ref = make_pair(kind, input_size, hidden_size, bias=bias, seed=seed)
+    ours, ref = cell_pair(kind, input_size, hidden_size, bias=bias, seed=seed)
     inputs = make_inputs(kind, batch, input_size, hidden_size, with_state)
     assert_equivalent(ours, ref, inputs, clone_inputs(inputs), **TIGHT)
 
 
 @pytest.mark.parametrize("kind", CELLS)
 def test_cell_float32_at_torch_defaults(kind):
-    ours, ref = make_pair(kind, 16, 32, dtype=torch.float32)
+    ours, ref = cell_pair(kind, 16, 32, dtype=torch.float32)
     inputs = make_inputs(kind, 8, 16, 32, True, dtype=torch.float32)
     assert_equivalent(ours, ref, inputs, clone_inputs(inputs))
 
 
 @pytest.mark.parametrize("kind", CELLS)
 def test_cell_gradcheck(kind):
-    ours, _ = make_pair(kind, 3, 2)
+    ours, _ = cell_pair(kind, 3, 2)
     x, state = make_inputs(kind, 2, 3, 2, True)
     states = list(state) if isinstance(state, tuple) else [state]
 

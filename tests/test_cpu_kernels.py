@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from models import backends, cpu_kernels, eager_steps
-from reference import LAYERS, TIGHT, clone_inputs, forward_and_grads
-from test_fused import OPTIONS, assert_same, make_inputs, make_pair
+from reference import (LAYER_OPTIONS, LAYERS, TIGHT, assert_same, clone_inputs, forward_and_grads, fused_pair,
+                       layer_inputs)
 
 needs_kernels = pytest.mark.skipif(not cpu_kernels.available(),
                                    reason="the CPU step kernels did not build here (no C++ compiler?)")
@@ -33,19 +33,19 @@ def test_the_kernels_build_where_a_compiler_is():
 
 @pytest.mark.parametrize("cpu_kernels_mode", ["auto", "steps", "never"])
 @pytest.mark.parametrize("kind", LAYERS)
-@pytest.mark.parametrize("num_layers,bidirectional,proj_size,lengths,with_state", OPTIONS)
+@pytest.mark.parametrize("num_layers,bidirectional,proj_size,lengths,with_state", LAYER_OPTIONS)
 def test_fused_with_and_without_kernels_equals_torch(kind, num_layers, bidirectional, proj_size, lengths,
                                                      with_state, cpu_kernels_mode, monkeypatch):
     monkeypatch.setattr(backends, "CPU_KERNELS", cpu_kernels_mode)
-    ours, ref = make_pair(kind, 3, 4, num_layers=num_layers, bidirectional=bidirectional)
-    assert_same(ours, ref, *make_inputs(kind, ours, 5, 4, lengths, with_state), **TIGHT)
+    ours, ref = fused_pair(kind, 3, 4, num_layers=num_layers, bidirectional=bidirectional)
+    assert_same(ours, ref, *layer_inputs(kind, ours, 5, 4, lengths, with_state), **TIGHT)
 
 
 @pytest.mark.parametrize("cpu_kernels_mode", ["auto", "steps", "never"])
 def test_lstm_projection_with_and_without_kernels_equals_torch(cpu_kernels_mode, monkeypatch):
     monkeypatch.setattr(backends, "CPU_KERNELS", cpu_kernels_mode)
-    ours, ref = make_pair("lstm", 3, 5, num_layers=2, bidirectional=True, proj_size=2)
-    assert_same(ours, ref, *make_inputs("lstm", ours, 4, 3, [4, 1, 3], True), **TIGHT)
+    ours, ref = fused_pair("lstm", 3, 5, num_layers=2, bidirectional=True, proj_size=2)
+    assert_same(ours, ref, *layer_inputs("lstm", ours, 4, 3, [4, 1, 3], True), **TIGHT)
 
 
 @needs_kernels
@@ -55,8 +55,8 @@ def test_float32_kernels_equal_torch_at_the_mnist_shape(kind):
     float32 rounding of torch.nn over the whole sequence, forward and backward. A parameter's gradient
     sums 1792 positions, so its tolerance is relative to its largest element (as in the benchmark's
     check), not to each element."""
-    ours, ref = make_pair(kind, 28, 128, dtype=torch.float32)
-    x, hx = make_inputs(kind, ours, 28, 64)
+    ours, ref = fused_pair(kind, 28, 128, dtype=torch.float32)
+    x, hx = layer_inputs(kind, ours, 28, 64)
     results = [forward_and_grads(module, clone_inputs([x, hx])) for module in (ours, ref)]
     (out_a, gin_a, gp_a), (out_b, gin_b, gp_b) = results
     for a, b in zip([*out_a, *gin_a, *gp_a.values()], [*out_b, *gin_b, *gp_b.values()]):
@@ -81,8 +81,8 @@ def test_sequence_kernels_equal_torch_however_a_step_is_shared(kind, threads, by
     kernel's blocks of six rows and its shorter last blocks. Bidirectional so both directions' loops run, two layers
     so the second reads the first's output."""
     monkeypatch.setattr(cpu_kernels, "split", lambda batch, units: (threads, by_rows))
-    ours, ref = make_pair(kind, 3, hidden, num_layers=2, bidirectional=True, bias=bias)
-    x, hx = make_inputs(kind, ours, 6, 13)
+    ours, ref = fused_pair(kind, 3, hidden, num_layers=2, bidirectional=True, bias=bias)
+    x, hx = layer_inputs(kind, ours, 6, 13)
     assert backends.whole_sequence(fused_layout([13] * 6), x.detach())
     assert_same(ours, ref, x, hx, **TIGHT)
 
@@ -96,8 +96,8 @@ def test_lstm_forward_without_grad_in_chunks_equals_torch(chunk_steps, threads, 
     from models import lstm_function
     monkeypatch.setattr(cpu_kernels, "split", lambda batch, hidden: (threads, by_rows))
     monkeypatch.setattr(lstm_function, "CHUNK_BYTES", chunk_steps * 5 * 4 * 40 * 8)  # B · 4H · 8 bytes a step
-    ours, ref = make_pair("lstm", 3, 40, num_layers=2, bidirectional=True)
-    x, hx = make_inputs("lstm", ours, 7, 5)
+    ours, ref = fused_pair("lstm", 3, 40, num_layers=2, bidirectional=True)
+    x, hx = layer_inputs("lstm", ours, 7, 5)
     with torch.no_grad():
         got, want = ours(x, hx), ref(x, hx)
     torch.testing.assert_close(got, want, **TIGHT)
@@ -221,8 +221,8 @@ def test_without_a_compiler_the_fused_path_warns_once_and_runs_eager(fresh_libra
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the warning came once; later calls are silent
         assert backends.step_kernels(torch.zeros(1)) is eager_steps
-        ours, ref = make_pair("lstm", 3, 4)
-        assert_same(ours, ref, *make_inputs("lstm", ours, 3, 2), **TIGHT)
+        ours, ref = fused_pair("lstm", 3, 4)
+        assert_same(ours, ref, *layer_inputs("lstm", ours, 3, 2), **TIGHT)
 
 
 def test_a_failing_build_warns_with_the_compiler_output(fresh_library, monkeypatch, tmp_path):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from mnist_files import idx_bytes
 from train import data
 from train.data import (
     MNIST_MEAN,
@@ -35,13 +36,6 @@ TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte
 
 # ----------------------------------------------------------------------------------------------
 # Helpers: synthetic IDX files
-
-
-def idx_bytes(array: np.ndarray, magic: int) -> bytes:
-    """IDX content of a uint8 array: big-endian magic, one 4-byte size per dim, then the bytes."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.tobytes()
 
 
 def synthetic(n: int = 7, seed: int = 0, size: int = 28) -> tuple[np.ndarray, np.ndarray]:

@@ -11,84 +11,46 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.nn.utils.rnn import pack_padded_sequence
 
-import models
 from models import backends, fused
 from models.layers import readable_direction, select_direction
-from reference import DEVICES, LAYERS, TIGHT, assert_equivalent, clone_inputs
+from reference import DEVICES, LAYER_OPTIONS, LAYERS, TIGHT, assert_same, fused_pair, layer_inputs, layer_pair
 
 KINDS = LAYERS  # name: (ours, torch.nn's, extra constructor arguments)
 
 
-def make_pair(kind, input_size, hidden_size, impl="fused", seed=0, dtype=torch.float64, device="cpu", **options):
-    ours_cls, ref_cls, extra = KINDS[kind]
-    torch.manual_seed(seed)
-    ref = ref_cls(input_size, hidden_size, dtype=dtype, device=device, **extra, **options)
-    ours = ours_cls(input_size, hidden_size, dtype=dtype, device=device, impl=impl, **extra, **options)
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    return ours, ref
-
-
-def make_inputs(kind, module, steps, batch, lengths=None, with_state=True, seed=1):
-    """(input, hx): a (T, B, I) tensor or a PackedSequence of unsorted lengths; hx random or None."""
-    gen = torch.Generator().manual_seed(seed)
-    opts = {"dtype": module.weight_ih_l0.dtype}
-    device = module.weight_ih_l0.device
-    new = lambda *shape: torch.randn(*shape, generator=gen, **opts).to(device).requires_grad_()  # noqa: E731
-    x = new(steps, batch, module.input_size)  # (T, B, I)
-    if lengths is not None:
-        x = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
-    if not with_state:
-        return x, None
-    layers = module.num_layers * (2 if module.bidirectional else 1)
-    h0 = new(layers, batch, module.proj_size or module.hidden_size)  # (L·D, B, P)
-    return x, ((h0, new(layers, batch, module.hidden_size)) if kind == "lstm" else h0)
-
-
-def assert_same(ours, ref, x, hx, **tol):
-    assert_equivalent(ours, ref, [x, hx], clone_inputs([x, hx]), **tol)
-
 
 # -- against torch.nn ------------------------------------------------------------------------------
 
-OPTIONS = [  # (num_layers, bidirectional, proj_size, packed lengths or None, initial state given)
-    (1, False, 0, None, True),
-    (1, False, 0, None, False),
-    (2, True, 0, None, True),
-    (1, True, 0, [3, 5, 1, 5], True),
-    (2, False, 0, [2, 5, 4, 1], False),
-    (2, True, 0, [5, 1, 3, 2], True),
-]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("num_layers,bidirectional,proj_size,lengths,with_state", OPTIONS)
+@pytest.mark.parametrize("num_layers,bidirectional,proj_size,lengths,with_state", LAYER_OPTIONS)
 def test_fused_equals_torch(kind, num_layers, bidirectional, proj_size, lengths, with_state, device):
-    ours, ref = make_pair(kind, 3, 4, num_layers=num_layers, bidirectional=bidirectional, device=device)
-    assert_same(ours, ref, *make_inputs(kind, ours, 5, 4, lengths, with_state), **TIGHT)
+    ours, ref = fused_pair(kind, 3, 4, num_layers=num_layers, bidirectional=bidirectional, device=device)
+    assert_same(ours, ref, *layer_inputs(kind, ours, 5, 4, lengths, with_state), **TIGHT)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bidirectional,lengths,with_state", [
     (False, None, True), (True, None, False), (True, [4, 1, 3], True), (False, [2, 4, 4], False)])
 def test_fused_lstm_projection_equals_torch(bidirectional, lengths, with_state, device):
-    ours, ref = make_pair("lstm", 3, 5, num_layers=2, bidirectional=bidirectional, proj_size=2, device=device)
-    assert_same(ours, ref, *make_inputs("lstm", ours, 4, 3, lengths, with_state), **TIGHT)
+    ours, ref = fused_pair("lstm", 3, 5, num_layers=2, bidirectional=bidirectional, proj_size=2, device=device)
+    assert_same(ours, ref, *layer_inputs("lstm", ours, 4, 3, lengths, with_state), **TIGHT)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("steps,batch,hidden", [(1, 1, 1), (1, 3, 2), (4, 1, 1), (3, 2, 1)])
 def test_fused_edge_sizes(kind, steps, batch, hidden):
     """Hidden size 1, one step, batch 1: the views and splits degenerate, the results must not."""
-    ours, ref = make_pair(kind, 2, hidden, bidirectional=True)
-    assert_same(ours, ref, *make_inputs(kind, ours, steps, batch), **TIGHT)
+    ours, ref = fused_pair(kind, 2, hidden, bidirectional=True)
+    assert_same(ours, ref, *layer_inputs(kind, ours, steps, batch), **TIGHT)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fused_batch_first_unbatched_and_no_bias(kind):
-    ours, ref = make_pair(kind, 3, 4, batch_first=True, bias=False, num_layers=2)
+    ours, ref = fused_pair(kind, 3, 4, batch_first=True, bias=False, num_layers=2)
     x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)  # (B, T, I)
     assert_same(ours, ref, x, None, **TIGHT)
     assert_same(ours, ref, torch.randn(5, 3, dtype=torch.float64, requires_grad=True), None, **TIGHT)
@@ -104,17 +66,17 @@ def test_fused_equals_torch_drawn(kind, input_size, hidden_size, steps, batch, n
     proj_size = data.draw(st.integers(1, hidden_size - 1)) if kind == "lstm" and proj and hidden_size > 1 else 0
     lengths = data.draw(st.lists(st.integers(1, steps), min_size=batch, max_size=batch)) if packed else None
     extra = {"proj_size": proj_size} if proj_size else {}  # torch.nn.GRU refuses even proj_size=0
-    ours, ref = make_pair(kind, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+    ours, ref = fused_pair(kind, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
                           seed=data.draw(st.integers(0, 2**16)), **extra)
     if lengths is not None:
         lengths[0] = steps  # pack_padded_sequence needs the padded length to be used
-    assert_same(ours, ref, *make_inputs(kind, ours, steps, batch, lengths, with_state), **TIGHT)
+    assert_same(ours, ref, *layer_inputs(kind, ours, steps, batch, lengths, with_state), **TIGHT)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fused_float32_at_torch_defaults(kind):
-    ours, ref = make_pair(kind, 16, 32, dtype=torch.float32, num_layers=2, bidirectional=True)
-    assert_same(ours, ref, *make_inputs(kind, ours, 7, 5, [7, 3, 6, 1, 7]))
+    ours, ref = fused_pair(kind, 16, 32, dtype=torch.float32, num_layers=2, bidirectional=True)
+    assert_same(ours, ref, *layer_inputs(kind, ours, 7, 5, [7, 3, 6, 1, 7]))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -122,8 +84,8 @@ def test_default_impl_is_fused_on_cpu_and_readable_stays_selectable(kind):
     assert select_direction("auto", torch.device("cpu")) is fused.fused_direction
     assert select_direction("readable", torch.device("cpu")) is readable_direction
     assert fused.fused_supported("cpu") and not fused.fused_supported("meta")
-    ours, ref = make_pair(kind, 3, 4, impl="auto", bidirectional=True)
-    assert_same(ours, ref, *make_inputs(kind, ours, 4, 3, [4, 2, 3]), **TIGHT)
+    ours, ref = layer_pair(kind, 3, 4, impl="auto", bidirectional=True)
+    assert_same(ours, ref, *layer_inputs(kind, ours, 4, 3, [4, 2, 3]), **TIGHT)
 
 
 # -- against the readable path, one direction at a time ----------------------------------------------
@@ -239,7 +201,7 @@ def test_gradgradcheck_functions(kind, batch_sizes, reverse):
 
 def test_frozen_weights_and_states_without_grad():
     """needs_input_grad: only the gradients asked for are computed, and they are still right."""
-    ours, ref = make_pair("lstm", 3, 4, bidirectional=True)
+    ours, ref = fused_pair("lstm", 3, 4, bidirectional=True)
     for module in (ours, ref):
         module.weight_hh_l0.requires_grad_(False)
         module.bias_hh_l0_reverse.requires_grad_(False)
@@ -292,10 +254,10 @@ def test_triton_kernels_equal_torch(kind, num_layers, bidirectional, proj_size, 
     device = triton_device()
     monkeypatch.setattr(backends, "TRITON", "always")
     extra = {"proj_size": proj_size} if proj_size else {}
-    ours, ref = make_pair(kind, 3, 5, num_layers=num_layers, bidirectional=bidirectional, device=device, **extra)
-    assert_same(ours, ref, *make_inputs(kind, ours, 5, 4, lengths, with_state), **TIGHT)
-    ours32, ref32 = make_pair(kind, 8, 16, dtype=torch.float32, device=device, bidirectional=bidirectional, **extra)
-    assert_same(ours32, ref32, *make_inputs(kind, ours32, 6, 3, lengths and [6, 2, 4]))
+    ours, ref = fused_pair(kind, 3, 5, num_layers=num_layers, bidirectional=bidirectional, device=device, **extra)
+    assert_same(ours, ref, *layer_inputs(kind, ours, 5, 4, lengths, with_state), **TIGHT)
+    ours32, ref32 = fused_pair(kind, 8, 16, dtype=torch.float32, device=device, bidirectional=bidirectional, **extra)
+    assert_same(ours32, ref32, *layer_inputs(kind, ours32, 6, 3, lengths and [6, 2, 4]))
 
 
 def test_triton_kernels_under_the_interpreter():
@@ -321,15 +283,20 @@ def test_triton_kernels_under_the_interpreter():
 def test_cuda_eager_and_triton_steps_equal_torch(kind, triton_mode, monkeypatch):
     """On a GPU both step implementations (eager ops; Triton when installed) equal torch.nn."""
     monkeypatch.setattr(backends, "TRITON", triton_mode)
-    ours, ref = make_pair(kind, 3, 5, num_layers=2, bidirectional=True, device="cuda")
-    assert_same(ours, ref, *make_inputs(kind, ours, 5, 4, [3, 5, 1, 5]), **TIGHT)
+    ours, ref = fused_pair(kind, 3, 5, num_layers=2, bidirectional=True, device="cuda")
+    assert_same(ours, ref, *layer_inputs(kind, ours, 5, 4, [3, 5, 1, 5]), **TIGHT)
 
 
-def test_fused_imports_and_runs_without_triton_or_gpu():
+def test_without_triton_the_fast_path_runs_on_its_other_backends(monkeypatch):
+    """A machine without triton: the Triton backend is never picked, even when asked for, and the fast
+    path (on its CPU kernels or its eager ops) still equals torch.nn."""
     from models import triton_kernels
-    x = torch.zeros(1)
-    assert not triton_kernels.usable(x, "never")
-    assert triton_kernels.usable(x) == (triton_kernels.AVAILABLE and x.is_cuda)
+    monkeypatch.setattr(triton_kernels, "AVAILABLE", False)
+    monkeypatch.setattr(backends, "TRITON", "always")
+    assert backends.step_kernels(torch.zeros(1, dtype=torch.float64)) is not triton_kernels
+    for kind in KINDS:
+        ours, ref = fused_pair(kind, 3, 5, bidirectional=True)
+        assert_same(ours, ref, *layer_inputs(kind, ours, 5, 4, [3, 5, 1, 5]), **TIGHT)
 
 
 # -- the workspace pool never hands out a buffer that is still in use --------------------------------
@@ -339,7 +306,7 @@ def test_fused_imports_and_runs_without_triton_or_gpu():
 def test_buffers_are_not_reused_while_referenced(kind):
     """Two graphs alive at once, outputs kept across calls, retain_graph: the pooled buffers of one
     call must not be overwritten by the next (sizes big enough to be pooled)."""
-    ours, ref = make_pair(kind, 8, 64)
+    ours, ref = fused_pair(kind, 8, 64)
     xs = [torch.randn(40, 32, 8, dtype=torch.float64, requires_grad=True) for _ in range(2)]
     outs_ours = [ours(x)[0] for x in xs]  # both graphs alive
     kept = [o.detach().clone() for o in outs_ours]
@@ -363,5 +330,5 @@ def test_weight_ih_gradient_in_either_orientation_equals_torch(kind, narrow_inpu
     """dW_ih is computed as (xᵀ d x_proj)ᵀ for narrow inputs and as d x_projᵀ x otherwise: both agree."""
     from models import projection
     monkeypatch.setattr(projection, "NARROW_INPUT", narrow_input)
-    ours, ref = make_pair(kind, 3, 4, num_layers=2)
-    assert_same(ours, ref, *make_inputs(kind, ours, 5, 4), **TIGHT)
+    ours, ref = fused_pair(kind, 3, 4, num_layers=2)
+    assert_same(ours, ref, *layer_inputs(kind, ours, 5, 4), **TIGHT)

@@ -4,7 +4,6 @@ Every option of the constructor and every input form (batched, batch_first, unba
 unsorted lengths, with and without initial states), for every implementation (`impl`), in float64
 at 1e-10: outputs, final states, and gradients of the input, initial states and every parameter.
 """
-import warnings
 
 import pytest
 import torch
@@ -14,23 +13,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence
 
 import models
-from reference import DEVICES, LAYERS, TIGHT, assert_equivalent, clone_inputs, impls, leaves
+from reference import DEVICES, LAYERS, TIGHT, assert_equivalent, clone_inputs, impls, layer_pair, leaves
 
 IMPLS = impls()
-
-
-def make_pair(kind, input_size, hidden_size, impl="auto", dtype=torch.float64, device="cpu", seed=0, **options):
-    ours_cls, ref_cls, kwargs = LAYERS[kind]
-    kwargs = {**kwargs, **options}
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # dropout with one layer
-        ref = ref_cls(input_size, hidden_size, dtype=dtype, device=device, **kwargs)
-        ours = ours_cls(input_size, hidden_size, dtype=dtype, device=device, impl=impl, **kwargs)
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    if options.get("dropout"):
-        ours.eval(), ref.eval()  # dropout's masks come from different random streams
-    return ours, ref
 
 
 def make_inputs(kind, *, input_size, hidden_size, num_layers=1, bidirectional=False, proj_size=0,
@@ -58,7 +43,7 @@ def make_inputs(kind, *, input_size, hidden_size, num_layers=1, bidirectional=Fa
 def check(kind, impl="auto", dtype=torch.float64, device="cpu", tol=TIGHT, seed=0, input_size=3,
           hidden_size=5, layer_options=(), **input_options):
     options = dict(layer_options)
-    ours, ref = make_pair(kind, input_size, hidden_size, impl, dtype, device, seed, **options)
+    ours, ref = layer_pair(kind, input_size, hidden_size, impl, dtype, device, seed, **options)
     shape_options = {k: options[k] for k in ("num_layers", "bidirectional", "proj_size", "batch_first") if k in options}
     inputs = make_inputs(kind, input_size=input_size, hidden_size=hidden_size, dtype=dtype, device=device,
                          **shape_options, **input_options)
@@ -157,7 +142,7 @@ def test_layer_float32_at_torch_defaults(kind, impl):
 @pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru"])
 def test_784_steps_stay_finite_and_equal_in_float32(kind, impl):
     """Pixel-by-pixel MNIST length: long enough for drift or overflow to show."""
-    ours, ref = make_pair(kind, 1, 32, impl, dtype=torch.float32)
+    ours, ref = layer_pair(kind, 1, 32, impl, dtype=torch.float32)
     x = torch.randn(784, 4, 1)
     out, state = ours(x)
     ref_out, ref_state = ref(x)
@@ -169,7 +154,7 @@ def test_784_steps_stay_finite_and_equal_in_float32(kind, impl):
 @pytest.mark.parametrize("kind", LAYERS)
 def test_packed_output_matches_padded_per_sequence(kind):
     """Packing is only bookkeeping: each sequence alone gives the same output and final state."""
-    ours, _ = make_pair(kind, 3, 4, num_layers=2, bidirectional=True)
+    ours, _ = layer_pair(kind, 3, 4, num_layers=2, bidirectional=True)
     lengths = [2, 5, 3]
     seqs = [torch.randn(n, 3, dtype=torch.float64) for n in lengths]
     out, state = ours(pack_sequence(seqs, enforce_sorted=False))
@@ -184,7 +169,7 @@ def test_packed_output_matches_padded_per_sequence(kind):
 
 
 def test_pack_padded_sequence_sorted_input():
-    ours, ref = make_pair("lstm", 3, 4)
+    ours, ref = layer_pair("lstm", 3, 4)
     x = torch.randn(5, 3, 3, dtype=torch.float64)
     packed = pack_padded_sequence(x, [5, 3, 2])
     inputs = [packed]
@@ -232,7 +217,7 @@ def test_modules_compose_like_torch():
 
 @pytest.mark.parametrize("kind", LAYERS)
 def test_gate_trace_matches_the_layer(kind):
-    ours, _ = make_pair(kind, 3, 4)
+    ours, _ = layer_pair(kind, 3, 4)
     x = torch.randn(6, 3, dtype=torch.float64)
     trace = ours.gate_trace(x)
     expected = {"lstm": {"i", "f", "g", "o", "c", "h"}, "gru": {"r", "z", "n", "h"}}.get(kind, {"h"})
@@ -247,7 +232,7 @@ def test_gate_trace_matches_the_layer(kind):
 @pytest.mark.parametrize("kind", LAYERS)
 def test_empty_batch_like_torch(kind, impl):
     options = {"bidirectional": True, **({"proj_size": 2} if kind == "lstm" else {})}
-    ours, ref = make_pair(kind, 3, 4, impl, **options)
+    ours, ref = layer_pair(kind, 3, 4, impl, **options)
     x = torch.randn(5, 0, 3, dtype=torch.float64)
     for a, b in zip(leaves(ours(x)), leaves(ref(x))):
         assert a.shape == b.shape

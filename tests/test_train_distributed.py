@@ -10,7 +10,6 @@ both ranks with its message instead of hanging.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
@@ -21,7 +20,7 @@ import textwrap
 import pytest
 import torch
 
-from test_train import small_mnist, write_mnist  # noqa: E402  (tests/ is on sys.path under pytest)
+from mnist_files import metrics_of, small_mnist, write_mnist
 from train import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,10 +38,6 @@ def torchrun(*args: str, script: list[str] | None = None) -> subprocess.Complete
            *target, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-
-
-def metrics_of(out) -> dict:
-    return json.loads((pathlib.Path(out) / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -23,20 +23,27 @@ FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def save_atomic(state: dict[str, Any], path: pathlib.Path) -> None:
-    """torch.save `state` to `path` through a temporary file and an atomic rename."""
+def write_atomic(path: pathlib.Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` through a temporary file beside it and an atomic rename, so that a reader, or the
+    next run after a crash, finds the old file or the new one and never half of one. `write(f)` fills
+    the open binary file; the temporary file is removed whatever happens."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX and Windows when both sit in one folder
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def save_atomic(state: dict[str, Any], path: pathlib.Path) -> None:
+    """torch.save `state` to `path` atomically (`write_atomic`)."""
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load(path: pathlib.Path) -> dict[str, Any]:

@@ -91,10 +91,9 @@ class Config:
 FIELDS = {f.name for f in dataclasses.fields(Config)}
 
 DEFAULTS: dict[str, Any] = {
-    # One CPU thread. These models run hundreds of small ops per step, each a parallel region in
-    # which every thread must arrive; on a shared machine one descheduled thread stalls them all.
-    # Measured on the 2-core CI box while another job ran: an LSTM-128 step took 24 ms on 1 thread
-    # and 250 ms on 2. On a quiet machine 2 threads gain little; `--threads 2` asks for them.
+    # One CPU thread. These models run many small parallel regions per step, in each of which every
+    # thread must arrive; on a shared machine one descheduled thread stalls them all (README.md,
+    # "Training", has what that cost on the CI machine). `--threads N` asks for more.
     "threads": 1,
 }
 

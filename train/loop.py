@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import pathlib
 import platform
 import signal
@@ -550,6 +549,4 @@ def _final_line(config: Config, m: dict[str, Any], out: pathlib.Path) -> str:
 
 
 def write_json(obj: dict[str, Any], path: pathlib.Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    ckpt.write_atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
