@@ -132,6 +132,10 @@ def profile_case(cell: str, shape: Shape, steps: int, dtype: torch.dtype) -> Dic
     layers = make_layers(cell, shape, ["ours"], torch.device("cpu"), dtype)
     inputs = make_inputs(cell, shape, torch.device("cpu"), dtype)
     result = {impl: profile_step(layers[impl], inputs, cell, steps) for impl in ("torch", "ours")}
+    for impl, parts in result.items():  # the step timed without the profiler, whose cost is per op
+        timer = benchmark.Timer("train_step(layer, inputs)", globals={"train_step": train_step,
+                                                                     "layer": layers[impl], "inputs": inputs})
+        parts["timed"] = timer.blocked_autorange(min_run_time=0.5).median * 1e3
     gates = gate_math_ms(cell, shape, dtype)
     ours = result["ours"]
     if gates is not None and ours.get("time loop", 0) > 0:
@@ -158,7 +162,10 @@ def markdown(results: List[tuple], info: Dict[str, object]) -> str:
              "matmuls and gate math (marked ≈) times the gate math alone (models.cpu_kernels' per-step "
              "kernels on one thread, divided by the threads the loop uses) and gives the rest to the matmuls",
              "- torch.nn's LSTM: oneDNN's LSTM primitive does input projection, recurrent matmuls and gate "
-             "math inside one call each way (`time loop`); torch.nn's GRU runs ATen ops per step"]
+             "math inside one call each way (`time loop`); torch.nn's GRU runs ATen ops per step",
+             "- the profiler costs something per op, so a path of many small ops (torch.nn's GRU: several a "
+             "step, each way) profiles slower than it runs: the last row times the same step without it "
+             "(`torch.utils.benchmark`, median)"]
     for cell, shape, parts in results:
         lines += ["", f"## {cell.upper()} {shape}", "", "| part | torch.nn ms | ours ms |", "| --- | ---: | ---: |"]
         totals = {impl: total(parts[impl]) for impl in ("torch", "ours")}
@@ -174,6 +181,7 @@ def markdown(results: List[tuple], info: Dict[str, object]) -> str:
             indent = "&nbsp;&nbsp;" if part in ("recurrent matmuls", "gate math") and "time loop" in parts["ours"] else ""
             lines.append(f"| {indent}{part} | {cells[0]} | {cells[1]} |")
         lines.append(f"| **total** | **{totals['torch']:.2f}** | **{totals['ours']:.2f}** |")
+        lines.append(f"| timed without the profiler | {parts['torch']['timed']:.2f} | {parts['ours']['timed']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
