@@ -85,7 +85,7 @@ def markdown(rows: List[dict], info: Dict[str, object]) -> str:
         + (f"; each run's ratio is from that run's times, the table gives the median of the {info['runs']} runs "
            f"and (min–max)" if info.get("runs", 1) > 1 else ""),
         "- impls: `torch` = torch.nn (cuDNN on a GPU), `readable` = our Python unroll of the cell, "
-        "`ours` = our layers' default path (`impl=\"auto\"`)",
+        "`fused` = our hand-derived fast path, `ours` (= `auto`) = our layers' default path (`impl=\"auto\"`)",
         ("- every implementation was checked equal to torch.nn (output, final states, gradients) "
          "before it was timed" if info["checked"] else
          "- **not checked** against torch.nn (`--no-check`)"),

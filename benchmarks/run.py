@@ -31,14 +31,16 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
-CELLS = ("rnn", "lstm", "gru")
-# "torch" is torch.nn (cuDNN on a GPU); "readable" our layers forced onto the Python unroll of the
-# cell; "ours" our layers on their default path (impl="auto"), the fastest correct one for the device.
-IMPLS = ("torch", "readable", "ours")
-OUR_IMPL = {"readable": "readable", "ours": "auto"}
+from models.kinds import COMMAND_IMPLS, KINDS, layer_impl
+
+CELLS = tuple(KINDS)
+# The implementation names of models.kinds: "torch" is torch.nn (cuDNN on a GPU); "ours" (= "auto")
+# our layers on their default path, the fastest correct one for the device; "fused" and "readable"
+# our layers forced onto the fast path or onto the Python unroll of the cell.
+IMPLS = COMMAND_IMPLS
+DEFAULT_IMPLS = ("torch", "readable", "ours")
 DEVICES = ("cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-TORCH_LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 ROW_KEYS = ("cell", "impl", "device", "batch", "seq_len", "input_size", "hidden_size", "runs",
             "forward_ms", "train_ms", "forward_ratio", "train_ratio",
             "forward_ratio_min", "forward_ratio_max", "train_ratio_min", "train_ratio_max")
@@ -132,9 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
     parser.add_argument("--cells", type=choice_list(CELLS), default=list(CELLS), metavar="rnn,lstm,gru",
                         help="which cells, comma-separated (default: all three)")
-    parser.add_argument("--impls", type=choice_list(IMPLS), default=list(IMPLS), metavar="torch,readable,ours",
-                        help="which implementations, comma-separated (default: all three); the ratios "
-                             "need torch")
+    parser.add_argument("--impls", type=choice_list(IMPLS), default=list(DEFAULT_IMPLS),
+                        metavar=",".join(IMPLS),
+                        help="which implementations, comma-separated (default: torch,readable,ours); "
+                             "ours = auto, our layers' default path; the ratios need torch")
     parser.add_argument("--shapes", type=parse_shape, nargs="+", default=list(DEFAULT_SHAPES),
                         metavar="B,T,I,H", help=f"batch,seq_len,input_size,hidden_size per case "
                                                 f"(default: {shapes})")
@@ -165,15 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_layers(cell: str, shape: Shape, impls: Sequence[str], device: torch.device,
                 dtype: torch.dtype) -> Dict[str, nn.Module]:
-    """torch.nn's layer under "torch" and ours under their names, all with torch.nn's weights."""
-    import models  # here, not at the top: `--help` and the parser work even while models is broken
-
-    reference = TORCH_LAYERS[cell](shape.input_size, shape.hidden_size, device=device, dtype=dtype)
+    """torch.nn's layer under "torch" and ours under their names, all with torch.nn's weights. Our
+    layers are imported here (`Kind.layer`), so that `--help` and the parser work even while they are
+    broken."""
+    reference = KINDS[cell].torch_layer(shape.input_size, shape.hidden_size, device=device, dtype=dtype)
     layers = {"torch": reference}
     for impl in impls:
         if impl != "torch":
-            ours = getattr(models, cell.upper())(shape.input_size, shape.hidden_size, device=device,
-                                                 dtype=dtype, impl=OUR_IMPL[impl])
+            ours = KINDS[cell].layer(shape.input_size, shape.hidden_size, device=device, dtype=dtype,
+                                     impl=layer_impl(impl))
             ours.load_state_dict(reference.state_dict())  # strict: the names must be torch's
             layers[impl] = ours
     return layers
@@ -253,7 +256,7 @@ def check(cell: str, impl: str, shape: Shape, layer: nn.Module, reference: nn.Mo
         except AssertionError as e:
             detail = " ".join(str(e).split("\n")[:4])
             raise BenchmarkError(
-                f"{impl} {cell} differs from torch.nn.{TORCH_LAYERS[cell].__name__} at {shape} "
+                f"{impl} {cell} differs from torch.nn.{KINDS[cell].torch_layer.__name__} at {shape} "
                 f"({str(dtype).replace('torch.', '')}, {device.type}) in the {what} "
                 f"(rtol={rtol:.1e}, atol={atol:.1e}): {detail}") from None
 

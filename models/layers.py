@@ -31,10 +31,9 @@ from cells._checks import (ShapeError, autocast_enabled, check_bool, check_dtype
 from cells.rnn import check_nonlinearity
 
 from .fused import fused_direction, fused_supported
+from .kinds import BY_MODE, IMPLS
 from .unroll import readable_direction
 
-GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
-IMPLS = ("auto", "readable", "fused")
 
 
 def _compiling():
@@ -111,14 +110,14 @@ class RNNBase(nn.Module):
                           f"num_layers={num_layers}", stacklevel=3)
         check_nonlinearity(nonlinearity)
         if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+            raise ValueError(f"impl must be one of {tuple(IMPLS)}, got {impl!r}")
         self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
         self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
         self.dropout, self.bidirectional, self.proj_size = float(dropout), bidirectional, proj_size
         self.nonlinearity, self.impl = nonlinearity, impl
 
         factory = {"device": device, "dtype": dtype}
-        gate_size = GATES[mode] * hidden_size  # G·H
+        gate_size = BY_MODE[mode].gates * hidden_size  # G·H
         real_hidden = proj_size or hidden_size  # P: the size of h
         directions = 2 if bidirectional else 1
         self._flat_weights_names, self._all_weights = [], []  # torch.nn's names for them

@@ -77,8 +77,9 @@ def _common_options(p: argparse.ArgumentParser, task: str) -> None:
                    help="a classic tutorial setup: " + "; ".join(f"{n}: {cfg.PRESET_HELP[n]}" for n in presets))
     g.add_argument("--cell", choices=cfg.CELLS, help="recurrent cell (default lstm)")
     g.add_argument("--impl", choices=cfg.IMPLS,
-                   help="ours: our layers, fastest path (default); readable: our plain per-step unroll; "
-                        "torch: torch.nn, for comparison")
+                   help="ours (= auto): our layers as a user gets them, the fast path where it is tested "
+                        "(default); fused / readable: our layers forced onto the fast path / the plain "
+                        "per-step unroll; torch: torch.nn, for comparison")
     g.add_argument("--cell-class", metavar="FILE.py:CLASS",
                    help="train your own cell (see `python -m cells.check --template lstm`), unrolled by our "
                         "readable path; it is checked against torch.nn first, with a warning if it differs")

@@ -21,10 +21,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from models.kinds import COMMAND_IMPLS
+
 CELLS = ("lstm", "gru", "rnn")
-# "ours" is our layers on their fastest path, "readable" the same layers forced onto the plain
-# Python unroll of the cell (slow, but it is the code a learner reads), "torch" is torch.nn.
-IMPLS = ("ours", "readable", "torch")
+# The implementation names of models.kinds, the layers' `impl=` and the benchmark's: "ours" (= "auto")
+# our layers as a user gets them, "fused" and "readable" forced onto one path, "torch" torch.nn.
+IMPLS = COMMAND_IMPLS
 ORDERS = ("rows", "pixels", "permuted")
 HEADS = ("last", "all")
 DTYPES = ("float32", "float64")

@@ -15,9 +15,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from models.kinds import KINDS, layer_impl
+
 from .config import Config
 
-TORCH_LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
 class SequenceClassifier(nn.Module):
@@ -65,14 +66,6 @@ class SequenceRegressor(nn.Module):
         return self.head(out), state  # (B, T, outputs)
 
 
-def _our_layer_class(cell: str):
-    # Imported here, not at the top: `--impl torch` must work even where our layers are absent or
-    # broken, so a learner can always run the reference side of the comparison.
-    import models
-
-    return {"lstm": models.LSTM, "gru": models.GRU, "rnn": models.RNN}[cell]
-
-
 def recurrent_layer(config: Config, input_size: int) -> nn.Module:
     """The recurrent layer of `config` (torch.nn or ours), batch first, initialised from the seed's
     current RNG state the way torch.nn initialises."""
@@ -86,7 +79,7 @@ def recurrent_layer(config: Config, input_size: int) -> nn.Module:
     )
     if config.cell == "rnn":
         kwargs["nonlinearity"] = config.nonlinearity
-    reference = TORCH_LAYERS[config.cell](**kwargs)
+    reference = KINDS[config.cell].torch_layer(**kwargs)
     if config.impl == "torch":
         return reference
     if config.cell_class:  # a learner's own cell, on the readable unroll, from torch.nn's weights
@@ -98,7 +91,7 @@ def recurrent_layer(config: Config, input_size: int) -> nn.Module:
     # one --seed starts `--impl ours` and `--impl torch` from the same weights and their curves can
     # be laid side by side. Our layers' own initialisation draws from the same U(-1/√H, 1/√H).
     with torch.random.fork_rng(devices=[]):
-        ours = _our_layer_class(config.cell)(**kwargs, impl="readable" if config.impl == "readable" else "auto")
+        ours = KINDS[config.cell].layer(**kwargs, impl=layer_impl(config.impl))
     ours.load_state_dict(reference.state_dict(), strict=True)
     return ours
 
@@ -169,7 +162,7 @@ def our_layer_like(config: Config, rnn: nn.Module) -> Optional[nn.Module]:
     if config.cell_class:
         return rnn
     try:
-        cls = _our_layer_class(config.cell)
+        cls = KINDS[config.cell].layer
     except Exception:
         return None
     # A fresh copy on the CPU: the trained model stays where it is, and the RNG is left untouched.
