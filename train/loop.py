@@ -3,13 +3,16 @@ one optimiser step per batch (or per chunk, for truncated BPTT), evaluation afte
 checkpoints, metrics.json and plots.
 
     run(config)
-      ├─ load_data         the whole set on the device as tensors, once
-      ├─ build_model       (models.py) the one place the network is built, then DDP when distributed
-      ├─ epoch after epoch
+      ├─ _set_up           device, data (load_data: the whole set on the device, once), the model
+      │                    (models.py, then DDP when distributed), optimiser, batch plan → Session
+      ├─ _resume           --resume: weights, optimiser, shuffling, RNG state and Progress
+      ├─ _train_epoch      epoch after epoch
       │    ├─ epoch_batches    the shuffled order from a seeded generator; this rank's shard of it
-      │    ├─ train_step       forward, loss, agree on finiteness, backward, clip, step
-      │    └─ evaluate         the test set, split across ranks, summed
-      └─ checkpoint.pt, metrics.json, plots (rank 0)
+      │    ├─ _train_batch     forward, loss, StepReport (one collective: the numbers to log and
+      │    │                   whether to stop), _optimizer_step (lr, backward, clip, step)
+      │    ├─ evaluate         the test set, split across ranks, summed
+      │    └─ _save_checkpoint
+      └─ _finish           metrics.json, plots and the final line (rank 0)
 
 Stopping early is always clean: Ctrl-C (or SIGTERM) finishes the step in flight, saves a checkpoint
 and exits; a loss or gradient that is not finite stops before it reaches the weights and leaves the
@@ -27,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -274,19 +277,105 @@ def run(
         distributed.teardown(dist)
 
 
+@dataclass
+class Session:
+    """What a run sets up once and every step reads: where, on what data, which model and optimiser."""
+
+    config: Config
+    dist: Dist
+    device: torch.device
+    out: pathlib.Path
+    data: Data
+    model: torch.nn.Module  # DistributedDataParallel when distributed
+    params: list
+    optimizer: torch.optim.Optimizer
+    n_batches: int  # per epoch, on this rank
+    total_steps: int  # optimiser steps of the whole run
+    shifts: Optional[torch.Tensor]  # (S, 784) pixel shifts, or None
+    spans: list  # the (start, end) chunks of a sequence, one optimiser step each
+    generator: torch.Generator  # the shuffling order
+    log: Callable[[str], None]
+    wall_start: float
+    data_seconds: float
+
+    @property
+    def checkpoint_path(self) -> pathlib.Path:
+        return self.out / ckpt.CHECKPOINT_NAME
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint keeps and `--resume` restores."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: dict = field(default_factory=lambda: {"epochs": [], "logged_steps": [], "logged_loss": []})
+    seconds_before: float = 0.0  # wall time of the runs this one resumes
+
+
+@dataclass
+class Sums:
+    """Running sums of the training loss, weighted by the samples (or points) it averages over."""
+
+    loss: float = 0.0  # loss · count
+    correct: float = 0.0
+    count: float = 0.0
+
+    def add(self, other: "Sums") -> None:
+        self.loss, self.correct, self.count = self.loss + other.loss, self.correct + other.correct, self.count + other.count
+
+
+@dataclass
+class StepReport:
+    """One optimiser step's numbers, summed over the ranks in one collective, so that every rank
+    logs the same loss and takes the same decision to stop at the same step."""
+
+    sums: Sums
+    non_finite: bool  # the loss is not finite on some rank
+    stop: bool  # Ctrl-C, SIGTERM or stop_after_steps on some rank
+
+    @classmethod
+    def agreed(cls, loss: torch.Tensor, correct: torch.Tensor, count: int, stop: bool, session: Session):
+        device = session.device
+        values = torch.stack([
+            loss.detach().double() * count,
+            correct.double(),
+            torch.tensor(float(count), dtype=torch.float64, device=device),
+            (~torch.isfinite(loss.detach())).double(),
+            torch.tensor(float(stop), dtype=torch.float64, device=device),
+        ])
+        distributed.all_sum(values, session.dist)
+        loss_sum, correct_sum, count_sum, non_finite, stops = values.tolist()
+        return cls(Sums(loss_sum, correct_sum, count_sum), non_finite > 0, stops > 0)
+
+
 def _run(config, dist: Dist, resume, stop_after_steps, command, log, wall_start) -> dict[str, Any]:
+    session = _set_up(config, dist, log, wall_start)
+    progress = _resume(session) if resume else Progress()
+    if dist.is_main:
+        session.out.mkdir(parents=True, exist_ok=True)
+    session.model.train()
+    train_start = time.perf_counter()
+    last_eval: dict[str, float] = {}
+    with _StopFlag() as stop:
+        while progress.epoch < config.epochs:
+            last_eval = _train_epoch(session, progress, stop, stop_after_steps)
+    if not last_eval:  # resumed a finished run: nothing left to train, score it again
+        last_eval = evaluate(session.model, session.data, config, dist)
+    return _finish(session, progress, last_eval, time.perf_counter() - train_start, command)
+
+
+def _set_up(config: Config, dist: Dist, log, wall_start: float) -> Session:
+    """Device, data (every rank learns of a rank's data error), model, optimiser and the batch plan."""
     device = resolve_device(config.device, dist.local_rank)
-    out = pathlib.Path(config.out)
-    ckpt_path = out / ckpt.CHECKPOINT_NAME
     if dist.enabled and config.batch_size % dist.world_size:
         raise TrainingError(
             f"--batch-size {config.batch_size} does not split evenly over {dist.world_size} processes: "
             f"each global batch is shared out equally, so pick a multiple of {dist.world_size}."
         )
-
-    # Loading can fail on one rank only (a file missing on one machine): every rank learns of it.
-    error = None
-    try:
+    error, data = None, None
+    try:  # loading can fail on one rank only (a file missing on one machine)
         data = load_data(config, device)
     except DataError as e:
         error = str(e)
@@ -302,165 +391,169 @@ def _run(config, dist: Dist, resume, stop_after_steps, command, log, wall_start)
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    n_train = len(data.x_train)
-    n_batches = batches_per_epoch(n_train, config, dist)
+    n_batches = batches_per_epoch(len(data.x_train), config, dist)
     if n_batches == 0:
         raise TrainingError(
-            f"{n_train} training samples make no full batch of {config.batch_size} over "
+            f"{len(data.x_train)} training samples make no full batch of {config.batch_size} over "
             f"{dist.world_size} processes: lower --batch-size or raise --train-limit."
         )
-    per_batch = steps_per_batch(config, data.steps)
     shifts = shift_table(config.shift, config.order, config.seed).to(device) if config.shift else None  # (S, 784)
-    total_steps = config.epochs * n_batches * per_batch
-    generator = torch.Generator().manual_seed(config.seed)
+    total_steps = config.epochs * n_batches * steps_per_batch(config, data.steps)
+    return Session(config, dist, device, pathlib.Path(config.out), data, model, params, optimizer, n_batches,
+                   total_steps, shifts, chunks(config, data.steps), torch.Generator().manual_seed(config.seed),
+                   log, wall_start, data_seconds)
 
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    history: dict[str, Any] = {"epochs": [], "logged_steps": [], "logged_loss": []}
-    seconds_before = 0.0
-    if resume:
-        state = ckpt.load(ckpt_path)
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        history = state["history"]
-        seconds_before = state["wall_seconds"]
-        generator.set_state(state["generator"])
-        rng = state["rng"]
-        ckpt.set_rng_state(rng[dist.rank] if len(rng) == dist.world_size else rng[0])
-        log(f"resuming {ckpt_path} at epoch {epoch + 1}, step {step_in_epoch} of {n_batches}")
 
-    def save_checkpoint(epoch_start_generator: torch.Tensor) -> None:
-        rng = distributed.gather(ckpt.rng_state(), dist)
-        if dist.is_main:
-            ckpt.save_atomic(
-                {
-                    "format": ckpt.FORMAT,
-                    "config": config.to_dict(),
-                    "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "step_in_epoch": step_in_epoch,
-                    "global_step": global_step,
-                    "generator": epoch_start_generator,
-                    "rng": rng,
-                    "history": history,
-                    "wall_seconds": seconds_before + time.perf_counter() - wall_start,
-                    "world_size": dist.world_size,
-                },
-                ckpt_path,
-            )
-        distributed.barrier(dist)
+def _resume(session: Session) -> Progress:
+    """The progress, weights, optimiser, shuffling and RNG state of the checkpoint in OUT."""
+    state = ckpt.load(session.checkpoint_path)
+    unwrap(session.model).load_state_dict(state["model"])
+    session.optimizer.load_state_dict(state["optimizer"])
+    session.generator.set_state(state["generator"])
+    rng, dist = state["rng"], session.dist
+    ckpt.set_rng_state(rng[dist.rank] if len(rng) == dist.world_size else rng[0])
+    progress = Progress(state["epoch"], state["step_in_epoch"], state["global_step"], state["history"],
+                        state["wall_seconds"])
+    session.log(f"resuming {session.checkpoint_path} at epoch {progress.epoch + 1}, step {progress.step_in_epoch} "
+                f"of {session.n_batches}")
+    return progress
 
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    model.train()
-    train_start = time.perf_counter()
-    last_eval: dict[str, float] = {}
-    spans = chunks(config, data.steps)
-    # Loss·n and n since the last logged point; kept in the checkpoint so a resumed run logs the
-    # same points as an uninterrupted one.
-    interval = torch.tensor(history.get("interval", [0.0, 0.0]), dtype=torch.float64, device=device)
-    with _StopFlag() as stop:
-        while epoch < config.epochs:
-            epoch_generator = generator.get_state()
-            bar = _progress(n_batches, step_in_epoch, f"epoch {epoch + 1}/{config.epochs}",
-                            dist.is_main and not config.quiet)
-            epoch_start = time.perf_counter()
-            # Sums over this epoch's batches; a checkpoint taken mid-epoch carries them over.
-            sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss·n, correct, n
-            if step_in_epoch and "partial_epoch" in history:
-                sums += torch.tensor(history["partial_epoch"], dtype=torch.float64, device=device)
-            history.pop("partial_epoch", None)
-            for b, idx in enumerate(epoch_batches(n_train, config, generator, dist)):
-                if b < step_in_epoch:
-                    continue  # already trained before the checkpoint we resumed from
-                idx = idx.to(device)
-                x, y = data.x_train[idx], data.y_train[idx]  # (B, T, I), (B,) or (B, T, 1)
-                if shifts is not None:
-                    # Drawn from the global RNG, which checkpoints carry, so resuming moves the same way.
-                    which = torch.randint(len(shifts), (len(idx),)).to(device)  # (B,)
-                    x = shift_images(x, shifts, which)
-                state = None
-                for start, end in spans:
-                    if config.task == "mnist":
-                        logits = model(x)  # (B, 10)
-                        loss = F.cross_entropy(logits, y)
-                        count = len(idx)
-                        correct = (logits.detach().argmax(1) == y).sum()
-                    else:
-                        pred, state = model(x[:, start:end], state)  # (B, t, 1)
-                        state = detach_state(state)  # truncated BPTT: gradients stop at the chunk edge
-                        if end <= config.burn_in:
-                            continue
-                        err = sine_error(pred, y[:, start:end], start, config.burn_in)
-                        loss = err.mean()
-                        count, correct = err.numel(), torch.zeros((), device=device)
-                    if stop_after_steps is not None and global_step + 1 >= stop_after_steps:
-                        stop.requested = True
-                    # One collective per step carries the numbers to log and the two ways to stop,
-                    # so every rank takes the same decision at the same step.
-                    flags = torch.stack([
-                        loss.detach().double() * count,
-                        correct.double(),
-                        torch.tensor(float(count), dtype=torch.float64, device=device),
-                        (~torch.isfinite(loss.detach())).double(),
-                        torch.tensor(float(stop.requested), dtype=torch.float64, device=device),
-                    ])
-                    distributed.all_sum(flags, dist)
-                    if flags[3] > 0:
-                        raise _diverged(ckpt_path, epoch, b, global_step, "loss", flags[0] / flags[2])
-                    for group in optimizer.param_groups:
-                        group["lr"] = learning_rate(config, global_step, total_steps)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    # Always measured (clip=0 only skips the scaling): a non-finite gradient must not
-                    # reach the weights. After DDP's all-reduce it is the same number on every rank.
-                    norm = torch.nn.utils.clip_grad_norm_(params, config.clip if config.clip > 0 else math.inf)
-                    if not torch.isfinite(norm):
-                        raise _diverged(ckpt_path, epoch, b, global_step, "gradient norm", norm)
-                    optimizer.step()
-                    global_step += 1
-                    sums += flags[:3]
-                    interval += flags[[0, 2]]
-                    if global_step % config.log_every == 0:
-                        history["logged_steps"].append(global_step)
-                        history["logged_loss"].append(interval[0].item() / interval[1].item())
-                        interval.zero_()
-                step_in_epoch = b + 1
-                if bar is not None:
-                    bar.update(1)
-                    if b % 10 == 0 or step_in_epoch == n_batches:
-                        bar.set_postfix(_postfix(config, sums), refresh=False)
-                if flags[4] > 0:
-                    history["partial_epoch"] = sums.tolist()
-                    history["interval"] = interval.tolist()
-                    save_checkpoint(epoch_generator)
-                    if bar is not None:
-                        bar.close()
-                    raise Interrupted(
-                        f"stopped at epoch {epoch + 1}, step {step_in_epoch} of {n_batches}; checkpoint "
-                        f"saved to {ckpt_path}. Continue with the same command and --resume."
-                    )
+
+def _save_checkpoint(session: Session, progress: Progress, epoch_start_generator: torch.Tensor) -> None:
+    """Every rank's RNG state to rank 0, which writes the checkpoint atomically; then all wait."""
+    rng = distributed.gather(ckpt.rng_state(), session.dist)
+    if session.dist.is_main:
+        ckpt.save_atomic(
+            {
+                "format": ckpt.FORMAT,
+                "config": session.config.to_dict(),
+                "model": unwrap(session.model).state_dict(),
+                "optimizer": session.optimizer.state_dict(),
+                "epoch": progress.epoch,
+                "step_in_epoch": progress.step_in_epoch,
+                "global_step": progress.global_step,
+                "generator": epoch_start_generator,
+                "rng": rng,
+                "history": progress.history,
+                "wall_seconds": progress.seconds_before + time.perf_counter() - session.wall_start,
+                "world_size": session.dist.world_size,
+            },
+            session.checkpoint_path,
+        )
+    distributed.barrier(session.dist)
+
+
+def _train_epoch(session: Session, progress: Progress, stop: "_StopFlag", stop_after_steps) -> dict[str, float]:
+    """The rest of the current epoch, then its evaluation and checkpoint; returns the evaluation.
+    Raises Interrupted (after a checkpoint) when asked to stop."""
+    config, history = session.config, progress.history
+    epoch_generator = session.generator.get_state()
+    bar = _progress(session.n_batches, progress.step_in_epoch, f"epoch {progress.epoch + 1}/{config.epochs}",
+                    session.dist.is_main and not config.quiet)
+    epoch_start = time.perf_counter()
+    # The epoch's sums, and the loss since the last logged point: a checkpoint taken mid-epoch carries
+    # both over, so a resumed run logs the same points as an uninterrupted one.
+    sums = Sums(*history.pop("partial_epoch")) if progress.step_in_epoch and "partial_epoch" in history else Sums()
+    history.pop("partial_epoch", None)
+    interval = Sums(history.get("interval", [0.0, 0.0])[0], 0.0, history.get("interval", [0.0, 0.0])[1])
+    for b, idx in enumerate(epoch_batches(len(session.data.x_train), config, session.generator, session.dist)):
+        if b < progress.step_in_epoch:
+            continue  # already trained before the checkpoint we resumed from
+        stopping = _train_batch(session, progress, idx.to(device=session.device), b, sums, interval, stop,
+                                stop_after_steps)
+        progress.step_in_epoch = b + 1
+        if bar is not None:
+            bar.update(1)
+            if b % 10 == 0 or progress.step_in_epoch == session.n_batches:
+                bar.set_postfix(_postfix(config, sums), refresh=False)
+        if stopping:
+            history["partial_epoch"] = [sums.loss, sums.correct, sums.count]
+            history["interval"] = [interval.loss, interval.count]
+            _save_checkpoint(session, progress, epoch_generator)
             if bar is not None:
                 bar.close()
-            last_eval = evaluate(model, data, config, dist)
-            record = {"epoch": epoch + 1, **_train_numbers(config, sums),
-                      "lr": learning_rate(config, global_step, total_steps),
-                      "seconds": time.perf_counter() - epoch_start, **last_eval}
-            history["epochs"].append(record)
-            if not config.quiet:
-                log(_epoch_line(config, record))
-            epoch, step_in_epoch = epoch + 1, 0
-            history["interval"] = interval.tolist()
-            save_checkpoint(generator.get_state())
+            raise Interrupted(
+                f"stopped at epoch {progress.epoch + 1}, step {progress.step_in_epoch} of {session.n_batches}; "
+                f"checkpoint saved to {session.checkpoint_path}. Continue with the same command and --resume."
+            )
+    if bar is not None:
+        bar.close()
+    last_eval = evaluate(session.model, session.data, config, session.dist)
+    record = {"epoch": progress.epoch + 1, **_train_numbers(config, sums),
+              "lr": learning_rate(config, progress.global_step, session.total_steps),
+              "seconds": time.perf_counter() - epoch_start, **last_eval}
+    history["epochs"].append(record)
+    if not config.quiet:
+        session.log(_epoch_line(config, record))
+    progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+    history["interval"] = [interval.loss, interval.count]
+    _save_checkpoint(session, progress, session.generator.get_state())
+    return last_eval
 
-    if not last_eval:  # resumed a finished run: nothing left to train, score it again
-        last_eval = evaluate(model, data, config, dist)
+
+def _train_batch(session: Session, progress: Progress, idx: torch.Tensor, b: int, sums: Sums, interval: Sums,
+                 stop: "_StopFlag", stop_after_steps) -> bool:
+    """One batch: one optimiser step per chunk of its sequences (one chunk unless --tbptt). Adds to
+    `sums` and `interval`; returns whether the run must stop after this batch."""
+    config, data = session.config, session.data
+    x, y = data.x_train[idx], data.y_train[idx]  # (B, T, I), (B,) or (B, T, 1)
+    if session.shifts is not None:
+        # Drawn from the global RNG, which checkpoints carry, so resuming moves the same way.
+        which = torch.randint(len(session.shifts), (len(idx),)).to(session.device)  # (B,)
+        x = shift_images(x, session.shifts, which)
+    state, stopping = None, False
+    for start, end in session.spans:
+        if config.task == "mnist":
+            logits = session.model(x)  # (B, 10)
+            loss = F.cross_entropy(logits, y)
+            count, correct = len(idx), (logits.detach().argmax(1) == y).sum()
+        else:
+            pred, state = session.model(x[:, start:end], state)  # (B, t, 1)
+            state = detach_state(state)  # truncated BPTT: gradients stop at the chunk edge
+            if end <= config.burn_in:
+                continue
+            err = sine_error(pred, y[:, start:end], start, config.burn_in)
+            loss, count, correct = err.mean(), err.numel(), torch.zeros((), device=session.device)
+        if stop_after_steps is not None and progress.global_step + 1 >= stop_after_steps:
+            stop.requested = True
+        report = StepReport.agreed(loss, correct, count, stop.requested, session)
+        if report.non_finite:
+            raise _diverged(session.checkpoint_path, progress.epoch, b, progress.global_step, "loss",
+                            report.sums.loss / report.sums.count)
+        _optimizer_step(session, progress, loss, b)
+        sums.add(report.sums)
+        interval.add(Sums(report.sums.loss, 0.0, report.sums.count))
+        if progress.global_step % config.log_every == 0:
+            progress.history["logged_steps"].append(progress.global_step)
+            progress.history["logged_loss"].append(interval.loss / interval.count)
+            interval.loss, interval.count = 0.0, 0.0
+        stopping = stopping or report.stop
+    return stopping
+
+
+def _optimizer_step(session: Session, progress: Progress, loss: torch.Tensor, b: int) -> None:
+    """Scheduled learning rate, backward, clipped gradient (refused when not finite), step."""
+    for group in session.optimizer.param_groups:
+        group["lr"] = learning_rate(session.config, progress.global_step, session.total_steps)
+    session.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # Always measured (clip=0 only skips the scaling): a non-finite gradient must not reach the
+    # weights. After DDP's all-reduce it is the same number on every rank.
+    clip = session.config.clip if session.config.clip > 0 else math.inf
+    norm = torch.nn.utils.clip_grad_norm_(session.params, clip)
+    if not torch.isfinite(norm):
+        raise _diverged(session.checkpoint_path, progress.epoch, b, progress.global_step, "gradient norm", norm)
+    session.optimizer.step()
+    progress.global_step += 1
+
+
+def _finish(session: Session, progress: Progress, last_eval: dict, train_seconds: float, command) -> dict[str, Any]:
+    """The metrics of the run; on rank 0 also the plots, metrics.json and the final line."""
+    config, dist, model = session.config, session.dist, unwrap(session.model)
     # DDP keeps the replicas equal by construction; checking costs one gather and catches a broken
     # setup (a rank that skipped a step, a parameter outside DDP) that would otherwise pass silently.
-    digests = distributed.gather(parameter_digest(unwrap(model)), dist)
-    train_seconds = time.perf_counter() - train_start
+    digests = distributed.gather(parameter_digest(model), dist)
+    history = progress.history
     metrics = {
         "task": config.task,
         "status": "completed",
@@ -469,12 +562,12 @@ def _run(config, dist: Dist, resume, stop_after_steps, command, log, wall_start)
         "logged_steps": history["logged_steps"],
         "logged_loss": history["logged_loss"],
         "train_loss_per_epoch": [e["train_loss"] for e in history["epochs"]],
-        "global_steps": global_step,
-        "parameters": sum(p.numel() for p in unwrap(model).parameters()),
-        "data_seconds": data_seconds,
+        "global_steps": progress.global_step,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "data_seconds": session.data_seconds,
         "train_seconds": train_seconds,
-        "device": str(device),
-        "device_name": _device_name(device),
+        "device": str(session.device),
+        "device_name": _device_name(session.device),
         "world_size": dist.world_size,
         "backend": dist.backend,
         "ranks_in_sync": len(set(digests)) == 1,
@@ -490,11 +583,11 @@ def _run(config, dist: Dist, resume, stop_after_steps, command, log, wall_start)
         if config.plots:
             from .plots import make_plots
 
-            make_plots(metrics, unwrap(model), data, config, out, log)
-        metrics["wall_seconds"] = time.perf_counter() - wall_start
-        metrics["wall_seconds_total"] = seconds_before + metrics["wall_seconds"]
-        write_json(metrics, out / "metrics.json")
-        log(_final_line(config, metrics, out))
+            make_plots(metrics, model, session.data, config, session.out, session.log)
+        metrics["wall_seconds"] = time.perf_counter() - session.wall_start
+        metrics["wall_seconds_total"] = progress.seconds_before + metrics["wall_seconds"]
+        write_json(metrics, session.out / "metrics.json")
+        session.log(_final_line(config, metrics, session.out))
     return metrics
 
 
@@ -517,16 +610,15 @@ def _diverged(path, epoch, batch, step, what, value) -> TrainingError:
     )
 
 
-def _train_numbers(config: Config, sums: torch.Tensor) -> dict[str, float]:
-    loss_sum, correct, count = sums.tolist()
-    count = max(count, 1)
-    numbers = {"train_loss": loss_sum / count}
+def _train_numbers(config: Config, sums: Sums) -> dict[str, float]:
+    count = max(sums.count, 1)
+    numbers = {"train_loss": sums.loss / count}
     if config.task == "mnist":
-        numbers["train_accuracy"] = correct / count
+        numbers["train_accuracy"] = sums.correct / count
     return numbers
 
 
-def _postfix(config: Config, sums: torch.Tensor) -> dict[str, str]:
+def _postfix(config: Config, sums: Sums) -> dict[str, str]:
     numbers = _train_numbers(config, sums)
     postfix = {"loss": f"{numbers['train_loss']:.4f}"}
     if "train_accuracy" in numbers:
