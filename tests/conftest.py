@@ -1,4 +1,7 @@
-"""Helpers shared by test modules (pytest loads this file; test modules never import each other)."""
+"""Fixtures shared by test modules (pytest loads this file). Test modules never import each other:
+the helpers they share are plain modules beside them, `reference.py` (ours and torch.nn's layers and
+cells with the same weights, their inputs, the comparison) and `mnist_files.py` (synthetic MNIST and
+the outputs of a training run)."""
 import pathlib
 
 import pytest
