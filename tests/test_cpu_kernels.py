@@ -177,6 +177,22 @@ def test_lstm_forward_kernel_equals_the_eager_math(dtype, b, H):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lstm_forward_kernel_lets_nan_through(dtype):
+    """A NaN in any gate's pre-activation comes out as NaN in c and m, in the vectorised units (the
+    first 16) and in the tail (the last 3): a diverging run must stay visible."""
+    b, H = 2, 19
+    for gate in range(4):
+        z = torch.zeros(b, 4 * H, dtype=dtype)
+        z[:, gate * H + 3] = z[:, gate * H + 17] = float("nan")
+        c, m = torch.zeros(b, H, dtype=dtype), torch.zeros(b, H, dtype=dtype)
+        cpu_kernels.lstm_forward_step(z, torch.zeros(b, H, dtype=dtype), c, m, torch.empty(b, 5 * H, dtype=dtype))
+        for out in (c, m) if gate != 3 else (m,):  # o only reaches m
+            assert out[:, [3, 17]].isnan().all(), (gate, out)
+            assert not out[:, [0, 4, 16, 18]].isnan().any()
+
+
+@needs_kernels
 @pytest.mark.parametrize("with_d_out", [True, False])
 def test_lstm_backward_kernel_equals_the_eager_math(with_d_out):
     gen = torch.Generator().manual_seed(7)
