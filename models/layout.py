@@ -37,11 +37,13 @@ class Layout:
         """Per-step views of a (N, ·) tensor in the packed layout."""
         return t.split(self.sizes)
 
-    def history(self, init, like):
+    def history(self, init, like, pooled=True):
         """(buffer (N + B, ·), its outputs (N, ·), per-step output views, its initial rows (B, ·)),
-        with `init` copied into the initial rows."""
+        with `init` copied into the initial rows. pooled=False: a buffer of its own, not the pool's,
+        whose outputs can be handed to the caller without a copy."""
         N, B = self.N, self.B
-        buf = workspace.empty(like, N + B, init.shape[1])  # (N + B, ·)
+        shape = (N + B, init.shape[1])
+        buf = workspace.empty(like, *shape) if pooled else like.new_empty(shape)  # (N + B, ·)
         if self.reverse:
             buf[N:].copy_(init)
             pieces = buf.split(self.sizes + [B])

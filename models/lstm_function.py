@@ -79,12 +79,15 @@ class LSTMFunction(torch.autograd.Function):
                 for_backward=True):
         layout = Layout(batch_sizes, reverse)
         H = c0.shape[1]
+        ctx.layout, ctx.for_backward = layout, for_backward
+        if weight_hr is None and not for_backward and whole_sequence(layout, x):
+            # Nothing is saved, so h's history is the caller's own buffer and its output a view of it.
+            h_buf, out, outs, h_init = layout.history(h0, x, pooled=False)  # (N + B, H)
+            c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
+            _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, weight_hh)
+            return out, layout.final(outs, h_init), layout.final(c_outs, c_init)
         h_buf, out, outs, h_init = layout.history(h0, x)  # (N + B, P)
         c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
-        if weight_hr is None and not for_backward and whole_sequence(layout, x):
-            _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, weight_hh)
-            ctx.layout, ctx.for_backward = layout, for_backward
-            return out.clone(), layout.final(outs, h_init), layout.final(c_outs, c_init)
         # z without its recurrent part for all steps, in one matmul; each step adds h_prev W_hhᵀ in
         # place and turns z into the activations i | f | g | o in place.
         acts = input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
@@ -95,7 +98,6 @@ class LSTMFunction(torch.autograd.Function):
         else:
             h_prevs, m_buf = _forward_steps(layout, acts, k, weight_hh, weight_hr, (outs, h_init), (c_outs, c_init))
 
-        ctx.layout, ctx.for_backward = layout, for_backward
         if for_backward:
             ctx.save_for_backward(x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr,
                                   k, acts, layout.stacked_previous(h_buf, h_prevs), m_buf)
