@@ -448,18 +448,90 @@ void gate_columns(const Share& s, const Packed<T>& W, int blocks, const T* A, in
         matmul_columns<T>(W, g, s.j0, s.j1, s.rows(), A, lda, C + g * W.width, ldc, accumulate);
 }
 
+// At batch 1 a step's products are matrix–vector products that read all of W_hh once a step either
+// way, so they read it as it lies, row by row, and the call packs nothing.
+
+// z[n] = or += W[n, :] · h for `rows` consecutive rows of W (K columns): the forward's h_prev W_hhᵀ.
+template <typename T>
+void rows_times_vector(const T* W, int64_t K, const T* __restrict__ h, T* __restrict__ z, int64_t rows,
+                       bool accumulate) {
+    typedef typename Simd<T>::vector V;
+    constexpr int L = Simd<T>::width;
+    for (int64_t n = 0; n < rows; n += 4) {
+        const int R = static_cast<int>(std::min<int64_t>(4, rows - n));  // four rows share each load of h
+        V acc[4] = {V{}, V{}, V{}, V{}};
+        int64_t k = 0;
+        for (; k + L <= K; k += L) {
+            V hv;
+            std::memcpy(&hv, h + k, sizeof(V));
+            for (int r = 0; r < R; ++r) {
+                V w;
+                std::memcpy(&w, W + (n + r) * K + k, sizeof(V));
+                acc[r] += w * hv;
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            T lanes[L], sum = 0;
+            std::memcpy(lanes, &acc[r], sizeof(V));
+            for (int i = 0; i < L; ++i) sum += lanes[i];
+            for (int64_t kk = k; kk < K; ++kk) sum += W[(n + r) * K + kk] * h[kk];
+            z[n + r] = accumulate ? z[n + r] + sum : sum;
+        }
+    }
+}
+
+// c[j0:j1] = or += a (K) · W[:, j0:j1] (W row-major with H columns): the backward's dz W_hh.
+template <typename T>
+void vector_times_columns(const T* __restrict__ a, int64_t K, const T* W, int64_t H, int64_t j0, int64_t j1,
+                          T* __restrict__ c, bool accumulate) {
+    if (!accumulate)
+        for (int64_t j = j0; j < j1; ++j) c[j] = T(0);
+    for (int64_t n = 0; n < K; ++n) {
+        const T an = a[n];
+        const T* __restrict__ w = W + n * H;
+        for (int64_t j = j0; j < j1; ++j) c[j] += an * w[j];
+    }
+}
+
+// A step's h_prev W_hhᵀ into C's gate blocks, for the share: from the packed panels, or at batch 1
+// (`rowwise`) from W_hh's rows as they lie.
+template <typename T>
+void forward_product(const Share& s, const Packed<T>& P, bool rowwise, const T* w_hh, int blocks, int64_t H,
+                     const T* A, T* C, int64_t ldc, bool accumulate) {
+    if (s.rows() == 0) return;
+    if (!rowwise) {
+        gate_columns<T>(s, P, blocks, A, H, C, ldc, accumulate);
+        return;
+    }
+    for (int g = 0; g < blocks; ++g)
+        rows_times_vector<T>(w_hh + (g * H + s.j0) * H, H, A, C + g * H + s.j0, s.units(), accumulate);
+}
+
+// A step's dh = or += dZ W_hh for the share (dZ: the rows' K = G·H gradients): from the packed panels,
+// or at batch 1 (`rowwise`) from W_hh as it lies.
+template <typename T>
+void backward_product(const Share& s, const Packed<T>& P, bool rowwise, const T* w_hh, int64_t K, int64_t H,
+                      const T* dZ, T* dh, bool accumulate) {
+    if (s.rows() == 0) return;
+    if (rowwise)
+        vector_times_columns<T>(dZ, K, w_hh, H, s.j0, s.j1, dh, accumulate);
+    else
+        matmul_columns<T>(P, 0, s.j0, s.j1, s.rows(), dZ, K, dh, H, accumulate);
+}
+
 // LSTM forward: acts (N, 4H) holds x_proj + b_ih + b_hh and becomes the activations (f in its f column
 // when training); h and c histories (N + B, H); k (N, 5H) or null. Per step, as LSTMFunction:
 // z = x_proj + h_prev W_hhᵀ, then lstm_forward_row on the share.
 template <typename T, bool TRAINING>
 void lstm_forward_sequence(T* acts, T* h, T* c, T* k, const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse,
                            int threads, bool by_rows) {
-    Packed<T> W(4, H, H);  // W_hh for h_prev W_hhᵀ
+    const bool rowwise = B == 1;
+    Packed<T> W(rowwise ? 0 : 4, H, H);  // W_hh for h_prev W_hhᵀ
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of(thread_id(), nt, by_rows, B, H);
-        pack_transposed<T>(w_hh, 4, W);
+        if (!rowwise) pack_transposed<T>(w_hh, 4, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
             T* z = acts + (t * B + s.r0) * 4 * H;
@@ -470,7 +542,7 @@ void lstm_forward_sequence(T* acts, T* h, T* c, T* k, const T* w_hh, int64_t T_,
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
-            gate_columns<T>(s, W, 4, h_prev, H, z, 4 * H, true);  // z += h_prev W_hhᵀ
+            forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, true);  // z += h_prev W_hhᵀ
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* zr = z + row * 4 * H + s.j0;
                 T* kr = TRAINING ? k + (t * B + s.r0 + row) * 5 * H + s.j0 : nullptr;
@@ -490,12 +562,13 @@ void lstm_forward_sequence(T* acts, T* h, T* c, T* k, const T* w_hh, int64_t T_,
 template <typename T>
 void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* acts, T* dz, const T* w_hh, int64_t T_,
                             int64_t B, int64_t H, bool reverse, int threads, bool by_rows) {
-    Packed<T> W(1, 4 * H, H);  // W_hh for dz W_hh: one block, H columns
+    const bool rowwise = B == 1;
+    Packed<T> W(rowwise ? 0 : 1, 4 * H, H);  // W_hh for dz W_hh: one block, H columns
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of(thread_id(), nt, by_rows, B, H);
-        pack_plain<T>(w_hh, W);
+        if (!rowwise) pack_plain<T>(w_hh, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
             for (int64_t row = s.r0; row < s.r1; ++row) {
@@ -516,7 +589,7 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
 #pragma omp barrier
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
-            matmul_columns<T>(W, 0, s.j0, s.j1, s.rows(), dz + (t * B + s.r0) * 4 * H, 4 * H, dh + s.r0 * H, H, false);
+            backward_product<T>(s, W, rowwise, w_hh, 4 * H, H, dz + (t * B + s.r0) * 4 * H, dh + s.r0 * H, false);
         }
     }
 }
@@ -526,12 +599,13 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
 template <typename T>
 void gru_forward_sequence(const T* x, const T* bias, T* hh, T* rz, T* n, T* h, const T* w_hh, int64_t T_, int64_t B,
                           int64_t H, bool reverse, int threads, bool by_rows) {
-    Packed<T> W(3, H, H);  // W_hh for h_prev W_hhᵀ
+    const bool rowwise = B == 1;
+    Packed<T> W(rowwise ? 0 : 3, H, H);  // W_hh for h_prev W_hhᵀ
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of(thread_id(), nt, by_rows, B, H);
-        pack_transposed<T>(w_hh, 3, W);
+        if (!rowwise) pack_transposed<T>(w_hh, 3, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
             const T* h_prev = h + (previous_row(t, T_, B, reverse) + s.r0) * H;
@@ -540,7 +614,7 @@ void gru_forward_sequence(const T* x, const T* bias, T* hh, T* rz, T* n, T* h, c
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
-            gate_columns<T>(s, W, 3, h_prev, H, hh_t, 3 * H, false);  // hh = h_prev W_hhᵀ
+            forward_product<T>(s, W, rowwise, w_hh, 3, H, h_prev, hh_t, 3 * H, false);  // hh = h_prev W_hhᵀ
             for (int64_t row = 0; row < s.rows(); ++row) {
                 const int64_t nr = t * B + s.r0 + row, j = s.j0;
                 T* hr = hh_t + row * 3 * H + j;
@@ -566,12 +640,13 @@ template <typename T>
 void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const T* hh, const T* h_prev, T* d_hh,
                            T* d_xn, const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads,
                            bool by_rows) {
-    Packed<T> W(1, 3 * H, H);  // W_hh for dz W_hh: one block, H columns
+    const bool rowwise = B == 1;
+    Packed<T> W(rowwise ? 0 : 1, 3 * H, H);  // W_hh for dz W_hh: one block, H columns
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of(thread_id(), nt, by_rows, B, H);
-        pack_plain<T>(w_hh, W);
+        if (!rowwise) pack_plain<T>(w_hh, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
             for (int64_t row = s.r0; row < s.r1; ++row) {
@@ -586,7 +661,7 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
 #pragma omp barrier
             }
             // dh[rows, units] += d_hh[rows, :] W_hh[:, units]
-            matmul_columns<T>(W, 0, s.j0, s.j1, s.rows(), d_hh + (t * B + s.r0) * 3 * H, 3 * H, dh + s.r0 * H, H, true);
+            backward_product<T>(s, W, rowwise, w_hh, 3 * H, H, d_hh + (t * B + s.r0) * 3 * H, dh + s.r0 * H, true);
         }
     }
 }
@@ -596,12 +671,13 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
 template <typename T>
 void rnn_forward_sequence(const T* x, T* h, const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, bool relu,
                           int threads, bool by_rows) {
-    Packed<T> W(1, H, H);  // W_hh for h_prev W_hhᵀ
+    const bool rowwise = B == 1;
+    Packed<T> W(rowwise ? 0 : 1, H, H);  // W_hh for h_prev W_hhᵀ
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of(thread_id(), nt, by_rows, B, H);
-        pack_transposed<T>(w_hh, 1, W);
+        if (!rowwise) pack_transposed<T>(w_hh, 1, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
             const T* h_prev = h + (previous_row(t, T_, B, reverse) + s.r0) * H;
@@ -609,7 +685,7 @@ void rnn_forward_sequence(const T* x, T* h, const T* w_hh, int64_t T_, int64_t B
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
-            gate_columns<T>(s, W, 1, h_prev, H, h_t, H, false);  // h = h_prev W_hhᵀ
+            forward_product<T>(s, W, rowwise, w_hh, 1, H, h_prev, h_t, H, false);  // h = h_prev W_hhᵀ
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* __restrict__ hr = h_t + row * H + s.j0;
                 const T* __restrict__ xr = x + (t * B + s.r0 + row) * H + s.j0;
@@ -628,12 +704,13 @@ void rnn_forward_sequence(const T* x, T* h, const T* w_hh, int64_t T_, int64_t B
 template <typename T>
 void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* w_hh, int64_t T_, int64_t B, int64_t H,
                            bool reverse, bool relu, int threads, bool by_rows) {
-    Packed<T> W(1, H, H);  // W_hh for dz W_hh: one block, H columns
+    const bool rowwise = B == 1;
+    Packed<T> W(rowwise ? 0 : 1, H, H);  // W_hh for dz W_hh: one block, H columns
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of(thread_id(), nt, by_rows, B, H);
-        pack_plain<T>(w_hh, W);
+        if (!rowwise) pack_plain<T>(w_hh, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
             for (int64_t row = s.r0; row < s.r1; ++row) {
@@ -651,7 +728,7 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
 #pragma omp barrier
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
-            matmul_columns<T>(W, 0, s.j0, s.j1, s.rows(), dz + (t * B + s.r0) * H, H, dh + s.r0 * H, H, false);
+            backward_product<T>(s, W, rowwise, w_hh, H, H, dz + (t * B + s.r0) * H, dh + s.r0 * H, false);
         }
     }
 }

@@ -75,15 +75,18 @@ SPLITS = [(1, True), (2, True), (3, True), (2, False), (3, False)]  # (threads, 
 @pytest.mark.parametrize("kind", LAYERS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("hidden", [40, 37])
-def test_sequence_kernels_equal_torch_however_a_step_is_shared(kind, threads, by_rows, bias, hidden, monkeypatch):
+@pytest.mark.parametrize("batch", [13, 1])
+def test_sequence_kernels_equal_torch_however_a_step_is_shared(kind, threads, by_rows, bias, hidden, batch,
+                                                                monkeypatch):
     """Batch 13 and hidden 40 or 37 split into unequal shares: by rows 6 | 7 (or 4 | 4 | 5), by units
     16 | 24 or 16 | 21 (or 16 | 16 | 8, 16 | 16 | 5): whole and partial weight panels, the matmul
-    kernel's blocks of six rows and its shorter last blocks. Bidirectional so both directions' loops run, two layers
-    so the second reads the first's output."""
-    monkeypatch.setattr(cpu_kernels, "split", lambda batch, units: (threads, by_rows))
+    kernel's blocks of six rows and its shorter last blocks. Batch 1 takes the matrix–vector route
+    (W_hh read as it lies), where by rows every thread but one has no row. Bidirectional so both
+    directions' loops run, two layers so the second reads the first's output."""
+    monkeypatch.setattr(cpu_kernels, "split", lambda rows, units: (threads, by_rows))
     ours, ref = fused_pair(kind, 3, hidden, num_layers=2, bidirectional=True, bias=bias)
-    x, hx = layer_inputs(kind, ours, 6, 13)
-    assert backends.whole_sequence(fused_layout([13] * 6), x.detach())
+    x, hx = layer_inputs(kind, ours, 6, batch)
+    assert backends.whole_sequence(fused_layout([batch] * 6), x.detach())
     assert_same(ours, ref, x, hx, **TIGHT)
 
 
