@@ -19,7 +19,7 @@
 #include <immintrin.h>
 #endif
 #include <algorithm>
-#include <vector>
+#include <memory>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -284,16 +284,25 @@ struct Simd {  // one 32-byte vector of T (AVX2's width; the compiler splits it 
     static constexpr int width = 32 / sizeof(T);
 };
 
+// n values of T, not initialised (a std::vector would zero them first, one thread, every call).
+template <typename T>
+struct Buffer {
+    std::unique_ptr<T[]> values;
+    explicit Buffer(int64_t n) : values(n > 0 ? new T[n] : nullptr) {}
+    T* data() { return values.get(); }
+    const T* data() const { return values.get(); }
+};
+
 // A weight packed for C = A · B, B (K × N) split into `blocks` gate blocks of `width` columns each:
 // panel p of block g holds B's columns g·width + p·NR … + NR − 1 (zeros past the block's end) for
 // every k, NR consecutive values per k, so the kernel reads it front to back. NR = two vectors.
 template <typename T>
 struct Packed {
     static constexpr int NR = 2 * Simd<T>::width;
-    std::vector<T> data;
+    Buffer<T> data;  // every value written by the pack functions, padding included
     int64_t K, width, panels;  // panels per block
     Packed(int blocks, int64_t K_, int64_t width_)
-        : data(static_cast<size_t>(blocks) * ((width_ + NR - 1) / NR) * NR * K_), K(K_), width(width_),
+        : data(blocks * ((width_ + NR - 1) / NR) * NR * K_), K(K_), width(width_),
           panels((width_ + NR - 1) / NR) {}
     T* panel(int g, int64_t p) { return data.data() + ((g * panels + p) * K) * NR; }
     const T* panel(int g, int64_t p) const { return data.data() + ((g * panels + p) * K) * NR; }
@@ -331,17 +340,25 @@ void pack_plain(const T* W, Packed<T>& P) {
 }
 
 // C (MR rows, ldc; its first `cols` ≤ NR columns) = or += A (MR rows, lda) · one panel: per row two
-// vectors of accumulators, updated by one broadcast of A and two loads of the panel per k. With few
-// rows the additions into one accumulator would wait on each other (an FMA's latency is several
-// cycles), so KU steps of k go to KU separate accumulators, summed at the end.
+// vectors of accumulators, updated by one broadcast of A and two loads of the panel per k. A full panel
+// (cols = NR) starts its accumulators from C and stores them back whole; a panel cut by the block's
+// end goes through a row buffer. With few rows the additions into one accumulator would wait on each
+// other (an FMA's latency is several cycles), so KU steps of k go to KU separate accumulators, summed
+// at the end.
 template <typename T, int MR, int KU = (MR >= 4 ? 1 : MR >= 2 ? 2 : 4)>
 inline void panel_kernel(const T* __restrict__ A, int64_t lda, const T* __restrict__ panel, int64_t K,
                          T* __restrict__ C, int64_t ldc, int cols, bool accumulate) {
     typedef typename Simd<T>::vector V;
     constexpr int W = Simd<T>::width;
+    const bool full = cols == 2 * W;
     V lo[KU][MR], hi[KU][MR];
     for (int u = 0; u < KU; ++u)
         for (int r = 0; r < MR; ++r) lo[u][r] = hi[u][r] = V{};
+    if (full && accumulate)
+        for (int r = 0; r < MR; ++r) {
+            std::memcpy(&lo[0][r], C + r * ldc, sizeof(V));
+            std::memcpy(&hi[0][r], C + r * ldc + W, sizeof(V));
+        }
     int64_t k = 0;
     for (; k + KU <= K; k += KU)
         for (int u = 0; u < KU; ++u) {
@@ -369,14 +386,16 @@ inline void panel_kernel(const T* __restrict__ A, int64_t lda, const T* __restri
             lo[0][r] += lo[u][r];
             hi[0][r] += hi[u][r];
         }
+        T* c = C + r * ldc;
+        if (full) {
+            std::memcpy(c, &lo[0][r], sizeof(V));
+            std::memcpy(c + W, &hi[0][r], sizeof(V));
+            continue;
+        }
         T row[2 * W];
         std::memcpy(row, &lo[0][r], sizeof(V));
         std::memcpy(row + W, &hi[0][r], sizeof(V));
-        T* c = C + r * ldc;
-        if (accumulate)
-            for (int j = 0; j < cols; ++j) c[j] += row[j];
-        else
-            for (int j = 0; j < cols; ++j) c[j] = row[j];
+        for (int j = 0; j < cols; ++j) c[j] = accumulate ? c[j] + row[j] : row[j];
     }
 }
 
@@ -451,44 +470,75 @@ void gate_columns(const Share& s, const Packed<T>& W, int blocks, const T* A, in
 // At batch 1 a step's products are matrix–vector products that read all of W_hh once a step either
 // way, so they read it as it lies, row by row, and the call packs nothing.
 
+// z[n] = or += W[n, :] · h for R consecutive rows of W (K columns), R rows sharing each load of h.
+template <typename T, int R>
+inline void some_rows_times_vector(const T* W, int64_t K, const T* __restrict__ h, T* __restrict__ z, bool accumulate) {
+    typedef typename Simd<T>::vector V;
+    constexpr int L = Simd<T>::width;
+    V acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = V{};
+    int64_t k = 0;
+    for (; k + L <= K; k += L) {
+        V hv;
+        std::memcpy(&hv, h + k, sizeof(V));
+        for (int r = 0; r < R; ++r) {
+            V w;
+            std::memcpy(&w, W + r * K + k, sizeof(V));
+            acc[r] += w * hv;
+        }
+    }
+    T sums[R];
+#if defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float> && R == 8) {  // the eight sums of eight lanes in one vector
+        __m256 a[8];
+        std::memcpy(a, acc, sizeof a);
+        const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+        _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
+    } else
+#endif
+    for (int r = 0; r < R; ++r) {
+        T lanes[L], sum = 0;
+        std::memcpy(lanes, &acc[r], sizeof(V));
+        for (int i = 0; i < L; ++i) sum += lanes[i];
+        sums[r] = sum;
+    }
+    for (int r = 0; r < R; ++r) {
+        T sum = sums[r];
+        for (int64_t kk = k; kk < K; ++kk) sum += W[r * K + kk] * h[kk];
+        z[r] = accumulate ? z[r] + sum : sum;
+    }
+}
+
 // z[n] = or += W[n, :] · h for `rows` consecutive rows of W (K columns): the forward's h_prev W_hhᵀ.
 template <typename T>
 void rows_times_vector(const T* W, int64_t K, const T* __restrict__ h, T* __restrict__ z, int64_t rows,
                        bool accumulate) {
-    typedef typename Simd<T>::vector V;
-    constexpr int L = Simd<T>::width;
-    for (int64_t n = 0; n < rows; n += 4) {
-        const int R = static_cast<int>(std::min<int64_t>(4, rows - n));  // four rows share each load of h
-        V acc[4] = {V{}, V{}, V{}, V{}};
-        int64_t k = 0;
-        for (; k + L <= K; k += L) {
-            V hv;
-            std::memcpy(&hv, h + k, sizeof(V));
-            for (int r = 0; r < R; ++r) {
-                V w;
-                std::memcpy(&w, W + (n + r) * K + k, sizeof(V));
-                acc[r] += w * hv;
-            }
-        }
-        for (int r = 0; r < R; ++r) {
-            T lanes[L], sum = 0;
-            std::memcpy(lanes, &acc[r], sizeof(V));
-            for (int i = 0; i < L; ++i) sum += lanes[i];
-            for (int64_t kk = k; kk < K; ++kk) sum += W[(n + r) * K + kk] * h[kk];
-            z[n + r] = accumulate ? z[n + r] + sum : sum;
-        }
-    }
+    int64_t n = 0;
+    for (; n + 8 <= rows; n += 8) some_rows_times_vector<T, 8>(W + n * K, K, h, z + n, accumulate);
+    for (; n < rows; ++n) some_rows_times_vector<T, 1>(W + n * K, K, h, z + n, accumulate);
 }
 
-// c[j0:j1] = or += a (K) · W[:, j0:j1] (W row-major with H columns): the backward's dz W_hh.
+// c[j0:j1] = or += a (K) · W[:, j0:j1] (W row-major with H columns). Eight rows of W at a time, so c
+// is read and written once per eight rows.
 template <typename T>
 void vector_times_columns(const T* __restrict__ a, int64_t K, const T* W, int64_t H, int64_t j0, int64_t j1,
                           T* __restrict__ c, bool accumulate) {
+    constexpr int R = 8;
     if (!accumulate)
         for (int64_t j = j0; j < j1; ++j) c[j] = T(0);
-    for (int64_t n = 0; n < K; ++n) {
-        const T an = a[n];
-        const T* __restrict__ w = W + n * H;
+    int64_t n0 = 0;
+    for (; n0 + R <= K; n0 += R) {
+        const T* __restrict__ w = W + n0 * H;
+        const T a0 = a[n0], a1 = a[n0 + 1], a2 = a[n0 + 2], a3 = a[n0 + 3];
+        const T a4 = a[n0 + 4], a5 = a[n0 + 5], a6 = a[n0 + 6], a7 = a[n0 + 7];
+        for (int64_t j = j0; j < j1; ++j)
+            c[j] += ((a0 * w[j] + a1 * w[H + j]) + (a2 * w[2 * H + j] + a3 * w[3 * H + j])) +
+                    ((a4 * w[4 * H + j] + a5 * w[5 * H + j]) + (a6 * w[6 * H + j] + a7 * w[7 * H + j]));
+    }
+    for (; n0 < K; ++n0) {
+        const T an = a[n0];
+        const T* __restrict__ w = W + n0 * H;
         for (int64_t j = j0; j < j1; ++j) c[j] += an * w[j];
     }
 }
@@ -507,16 +557,33 @@ void forward_product(const Share& s, const Packed<T>& P, bool rowwise, const T* 
         rows_times_vector<T>(w_hh + (g * H + s.j0) * H, H, A, C + g * H + s.j0, s.units(), accumulate);
 }
 
-// A step's dh = or += dZ W_hh for the share (dZ: the rows' K = G·H gradients): from the packed panels,
-// or at batch 1 (`rowwise`) from W_hh as it lies.
+// A step's dh = or += dZ W_hh for the share (dZ: the rows' K = G·H gradients), from the packed panels.
+// At batch 1 (`rowwise`: nothing packed) a team that shares the step by units splits W_hh's K rows
+// instead, so that each thread reads whole rows of W_hh as they lie: each multiplies its rows into a
+// partial sum of all H units (`partials`, H values a thread), and after a barrier adds up the partial
+// sums of its own units. Every thread of such a team must call it (the barrier); shared by rows, the
+// one thread that owns the row does all of it.
 template <typename T>
-void backward_product(const Share& s, const Packed<T>& P, bool rowwise, const T* w_hh, int64_t K, int64_t H,
-                      const T* dZ, T* dh, bool accumulate) {
+void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_rows, T* partials, const T* w_hh,
+                      int64_t K, int64_t H, const T* dZ, T* dh, bool accumulate) {
     if (s.rows() == 0) return;
-    if (rowwise)
-        vector_times_columns<T>(dZ, K, w_hh, H, s.j0, s.j1, dh, accumulate);
-    else
+    if (!rowwise) {
         matmul_columns<T>(P, 0, s.j0, s.j1, s.rows(), dZ, K, dh, H, accumulate);
+        return;
+    }
+    const int p = thread_id(), nt = team_size();
+    if (by_rows || nt == 1) {
+        vector_times_columns<T>(dZ, K, w_hh, H, s.j0, s.j1, dh, accumulate);
+        return;
+    }
+    const int64_t n0 = K * p / nt / 8 * 8, n1 = p + 1 == nt ? K : K * (p + 1) / nt / 8 * 8;
+    vector_times_columns<T>(dZ + n0, n1 - n0, w_hh + n0 * H, H, 0, H, partials + p * H, false);
+#pragma omp barrier
+    for (int64_t j = s.j0; j < s.j1; ++j) {
+        T sum = accumulate ? dh[j] : T(0);
+        for (int q = 0; q < nt; ++q) sum += partials[q * H + j];
+        dh[j] = sum;
+    }
 }
 
 // LSTM forward: acts (N, 4H) holds x_proj + b_ih + b_hh and becomes the activations (f in its f column
@@ -564,6 +631,7 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
                             int64_t B, int64_t H, bool reverse, int threads, bool by_rows) {
     const bool rowwise = B == 1;
     Packed<T> W(rowwise ? 0 : 1, 4 * H, H);  // W_hh for dz W_hh: one block, H columns
+    Buffer<T> partials(rowwise ? threads * H : 0);  // at batch 1: each thread's share of dz W_hh
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
@@ -589,7 +657,7 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
 #pragma omp barrier
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
-            backward_product<T>(s, W, rowwise, w_hh, 4 * H, H, dz + (t * B + s.r0) * 4 * H, dh + s.r0 * H, false);
+            backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, 4 * H, H, dz + (t * B + s.r0) * 4 * H, dh + s.r0 * H, false);
         }
     }
 }
@@ -642,6 +710,7 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
                            bool by_rows) {
     const bool rowwise = B == 1;
     Packed<T> W(rowwise ? 0 : 1, 3 * H, H);  // W_hh for dz W_hh: one block, H columns
+    Buffer<T> partials(rowwise ? threads * H : 0);  // at batch 1: each thread's share of dz W_hh
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
@@ -661,7 +730,7 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
 #pragma omp barrier
             }
             // dh[rows, units] += d_hh[rows, :] W_hh[:, units]
-            backward_product<T>(s, W, rowwise, w_hh, 3 * H, H, d_hh + (t * B + s.r0) * 3 * H, dh + s.r0 * H, true);
+            backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, 3 * H, H, d_hh + (t * B + s.r0) * 3 * H, dh + s.r0 * H, true);
         }
     }
 }
@@ -706,6 +775,7 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
                            bool reverse, bool relu, int threads, bool by_rows) {
     const bool rowwise = B == 1;
     Packed<T> W(rowwise ? 0 : 1, H, H);  // W_hh for dz W_hh: one block, H columns
+    Buffer<T> partials(rowwise ? threads * H : 0);  // at batch 1: each thread's share of dz W_hh
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
@@ -728,7 +798,7 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
 #pragma omp barrier
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
-            backward_product<T>(s, W, rowwise, w_hh, H, H, dz + (t * B + s.r0) * H, dh + s.r0 * H, false);
+            backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, H, H, dz + (t * B + s.r0) * H, dh + s.r0 * H, false);
         }
     }
 }
