@@ -50,40 +50,108 @@ inline float tanh_(float x) { return 2.0f / (1.0f + exp_f(-2.0f * x)) - 1.0f; }
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_(double x) { return std::tanh(x); }
 
+// The same e^x, σ and tanh several floats at a time in intrinsics, for the LSTM's forward row (its five
+// exponentials a unit are most of a step's gate math): eight in AVX2 (`Avx2`), sixteen in AVX-512
+// (`Avx512`), one formula for both over their operations. Written out because the compiler, from the
+// scalar code, clamps with compare-and-blend where min/max do: MINPS and MAXPS return their second
+// operand when either is NaN, so with x second a NaN still passes through.
 #if defined(__AVX2__) && defined(__FMA__)
-// The same e^x, σ and tanh eight floats at a time in AVX2 intrinsics, for the LSTM's forward row (its
-// five exponentials a unit are most of a step's gate math). Written out because the compiler, from
-// the scalar code, clamps with compare-and-blend where min/max do: MINPS and MAXPS return their
-// second operand when either is NaN, so with x second a NaN still passes through.
-inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
-    x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
-    const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504f), _mm256_set1_ps(0.5f)));
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
-}
-
-inline __m256 sigmoid8(__m256 x) {
-    const __m256 one = _mm256_set1_ps(1.0f);
-    return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
-}
-
-inline __m256 tanh8(__m256 x) {  // 2σ(2x) − 1
-    const __m256 one = _mm256_set1_ps(1.0f);
-    const __m256 e = exp8(_mm256_mul_ps(_mm256_set1_ps(-2.0f), x));
-    return _mm256_sub_ps(_mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(one, e)), one);
-}
+struct Avx2 {
+    typedef __m256 V;
+    static constexpr int width = 8;
+    static V load(const float* p) { return _mm256_loadu_ps(p); }
+    static void store(float* p, V x) { _mm256_storeu_ps(p, x); }
+    static V set(float x) { return _mm256_set1_ps(x); }
+    static V add(V a, V b) { return _mm256_add_ps(a, b); }
+    static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+    static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+    static V div(V a, V b) { return _mm256_div_ps(a, b); }
+    static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }   // a b + c
+    static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); } // c − a b
+    static V min(V a, V b) { return _mm256_min_ps(a, b); }
+    static V max(V a, V b) { return _mm256_max_ps(a, b); }
+    static V floor(V x) { return _mm256_floor_ps(x); }
+    static V scale(V p, V n) {  // p · 2^n for integral n in float's normal range: n + 127 in the exponent bits
+        return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23)));
+    }
+};
 #endif
+
+#ifdef __AVX512F__
+struct Avx512 {
+    typedef __m512 V;
+    static constexpr int width = 16;
+    static V load(const float* p) { return _mm512_loadu_ps(p); }
+    static void store(float* p, V x) { _mm512_storeu_ps(p, x); }
+    static V set(float x) { return _mm512_set1_ps(x); }
+    static V add(V a, V b) { return _mm512_add_ps(a, b); }
+    static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+    static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+    static V div(V a, V b) { return _mm512_div_ps(a, b); }
+    static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+    static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+    static V min(V a, V b) { return _mm512_min_ps(a, b); }
+    static V max(V a, V b) { return _mm512_max_ps(a, b); }
+    static V floor(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+    static V scale(V p, V n) { return _mm512_scalef_ps(p, n); }
+};
+#endif
+
+template <typename O>
+inline typename O::V exp_v(typename O::V x) {  // exp_f, a vector at a time
+    x = O::min(O::set(88.0f), x);
+    x = O::max(O::set(-87.0f), x);
+    const typename O::V n = O::floor(O::fmadd(x, O::set(1.44269504f), O::set(0.5f)));
+    typename O::V r = O::fnmadd(n, O::set(0.693145752f), x);
+    r = O::fnmadd(n, O::set(1.42860677e-6f), r);
+    typename O::V p = O::set(1.0f / 5040.0f);
+    p = O::fmadd(p, r, O::set(1.0f / 720.0f));
+    p = O::fmadd(p, r, O::set(1.0f / 120.0f));
+    p = O::fmadd(p, r, O::set(1.0f / 24.0f));
+    p = O::fmadd(p, r, O::set(1.0f / 6.0f));
+    p = O::fmadd(p, r, O::set(0.5f));
+    p = O::fmadd(p, r, O::set(1.0f));
+    p = O::fmadd(p, r, O::set(1.0f));
+    return O::scale(p, n);
+}
+
+template <typename O>
+inline typename O::V sigmoid_v(typename O::V x) {  // 1 / (1 + e^−x)
+    return O::div(O::set(1.0f), O::add(O::set(1.0f), exp_v<O>(O::sub(O::set(0.0f), x))));
+}
+
+template <typename O>
+inline typename O::V tanh_v(typename O::V x) {  // 2σ(2x) − 1
+    return O::sub(O::div(O::set(2.0f), O::add(O::set(1.0f), exp_v<O>(O::mul(O::set(-2.0f), x)))), O::set(1.0f));
+}
+
+// lstm_forward_row's formulas (below) for O::width units from unit j on.
+template <typename O, bool TRAINING>
+inline void lstm_forward_units(int64_t j, const float* __restrict__ z_i, float* __restrict__ z_f,
+                               const float* __restrict__ z_g, const float* __restrict__ z_o,
+                               const float* __restrict__ c_prev, float* __restrict__ c, float* __restrict__ m,
+                               float* __restrict__ k_i, float* __restrict__ k_f, float* __restrict__ k_g,
+                               float* __restrict__ k_o, float* __restrict__ k_c) {
+    typedef typename O::V V;
+    const V i = sigmoid_v<O>(O::load(z_i + j)), f = sigmoid_v<O>(O::load(z_f + j));
+    const V g = tanh_v<O>(O::load(z_g + j)), o = sigmoid_v<O>(O::load(z_o + j));
+    const V cp = O::load(c_prev + j);
+    const V gi = O::mul(g, i);
+    const V cc = O::fmadd(f, cp, gi);  // c = f ⊙ c_prev + i ⊙ g
+    const V tc = tanh_v<O>(cc);
+    const V mm = O::mul(o, tc);  // m = o ⊙ tanh(c)
+    O::store(c + j, cc);
+    O::store(m + j, mm);
+    if (TRAINING) {
+        const V cf = O::mul(cp, f);
+        O::store(z_f + j, f);
+        O::store(k_i + j, O::fnmadd(gi, i, gi));  // g i (1 − i)
+        O::store(k_f + j, O::fnmadd(cf, f, cf));  // c_prev f (1 − f)
+        O::store(k_g + j, O::fnmadd(gi, g, i));  // i (1 − g²)
+        O::store(k_o + j, O::fnmadd(mm, o, mm));  // m − m ⊙ o
+        O::store(k_c + j, O::fnmadd(mm, tc, o));  // o − m ⊙ tanh(c)
+    }
+}
 
 // Each kernel loops over rows and hands one row to a function whose every gate slice is its own
 // __restrict__ pointer: then gcc can prove that a store into one gate's columns never feeds a load
@@ -98,30 +166,16 @@ void lstm_forward_row(const T* __restrict__ z_i, T* __restrict__ z_f, const T* _
                       T* __restrict__ m, T* __restrict__ k_i, T* __restrict__ k_f, T* __restrict__ k_g,
                       T* __restrict__ k_o, T* __restrict__ k_c, int64_t H) {
     int64_t j = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-    if constexpr (std::is_same_v<T, float>) {  // eight units at a time: the same formulas as below
-        for (; j + 8 <= H; j += 8) {
-            const __m256 i = sigmoid8(_mm256_loadu_ps(z_i + j)), f = sigmoid8(_mm256_loadu_ps(z_f + j));
-            const __m256 g = tanh8(_mm256_loadu_ps(z_g + j)), o = sigmoid8(_mm256_loadu_ps(z_o + j));
-            const __m256 cp = _mm256_loadu_ps(c_prev + j);
-            const __m256 gi = _mm256_mul_ps(g, i);
-            const __m256 cc = _mm256_fmadd_ps(f, cp, gi);  // c = f ⊙ c_prev + i ⊙ g
-            const __m256 tc = tanh8(cc);
-            const __m256 mm = _mm256_mul_ps(o, tc);  // m = o ⊙ tanh(c)
-            _mm256_storeu_ps(c + j, cc);
-            _mm256_storeu_ps(m + j, mm);
-            if (TRAINING) {
-                const __m256 cf = _mm256_mul_ps(cp, f);
-                _mm256_storeu_ps(z_f + j, f);
-                _mm256_storeu_ps(k_i + j, _mm256_fnmadd_ps(gi, i, gi));  // g i (1 − i)
-                _mm256_storeu_ps(k_f + j, _mm256_fnmadd_ps(cf, f, cf));  // c_prev f (1 − f)
-                _mm256_storeu_ps(k_g + j, _mm256_fnmadd_ps(gi, g, i));  // i (1 − g²)
-                _mm256_storeu_ps(k_o + j, _mm256_fnmadd_ps(mm, o, mm));  // m − m ⊙ o
-                _mm256_storeu_ps(k_c + j, _mm256_fnmadd_ps(mm, tc, o));  // o − m ⊙ tanh(c)
-            }
-        }
-    }
+    if constexpr (std::is_same_v<T, float>) {  // a vector of units at a time: the same formulas as below
+#ifdef __AVX512F__
+        for (; j + Avx512::width <= H; j += Avx512::width)
+            lstm_forward_units<Avx512, TRAINING>(j, z_i, z_f, z_g, z_o, c_prev, c, m, k_i, k_f, k_g, k_o, k_c);
 #endif
+#if defined(__AVX2__) && defined(__FMA__)
+        for (; j + Avx2::width <= H; j += Avx2::width)
+            lstm_forward_units<Avx2, TRAINING>(j, z_i, z_f, z_g, z_o, c_prev, c, m, k_i, k_f, k_g, k_o, k_c);
+#endif
+    }
     for (; j < H; ++j) {
         const T i = sigmoid(z_i[j]), f = sigmoid(z_f[j]), g = tanh_(z_g[j]), o = sigmoid(z_o[j]);
         const T cc = f * c_prev[j] + i * g;
@@ -278,10 +332,18 @@ void tanh_inplace(T* __restrict__ x, int64_t n) {
 // with N = T·B, step t's rows at t·B; the history buffers of h (and c) hold h0 and every step's state,
 // forwards [h0 | step 0 | … | step T−1], backwards [step 0 | … | step T−1 | h0].
 
+// The vector the matmul kernels compute in: AVX-512's 64 bytes (32 registers) where the compiler targets
+// it, else AVX2's 32 bytes (16 registers; the compiler splits it where vectors are narrower).
+#ifdef __AVX512F__
+constexpr int kVectorBytes = 64, kVectorRegisters = 32;
+#else
+constexpr int kVectorBytes = 32, kVectorRegisters = 16;
+#endif
+
 template <typename T>
-struct Simd {  // one 32-byte vector of T (AVX2's width; the compiler splits it where vectors are narrower)
-    typedef T vector __attribute__((vector_size(32)));
-    static constexpr int width = 32 / sizeof(T);
+struct Simd {
+    typedef T vector __attribute__((vector_size(kVectorBytes)));
+    static constexpr int width = kVectorBytes / sizeof(T);
 };
 
 // n values of T, not initialised (a std::vector would zero them first, one thread, every call).
@@ -339,23 +401,23 @@ void pack_plain(const T* W, Packed<T>& P) {
     }
 }
 
-// C (MR rows, ldc; its first `cols` ≤ NR columns) = or += A (MR rows, lda) · one panel: per row two
-// vectors of accumulators, updated by one broadcast of A and two loads of the panel per k. A full panel
-// (cols = NR) starts its accumulators from C and stores them back whole; a panel cut by the block's
-// end goes through a row buffer. With few rows the additions into one accumulator would wait on each
-// other (an FMA's latency is several cycles), so KU steps of k go to KU separate accumulators, summed
-// at the end.
-template <typename T, int MR, int KU = (MR >= 4 ? 1 : MR >= 2 ? 2 : 4)>
-inline void panel_kernel(const T* __restrict__ A, int64_t lda, const T* __restrict__ panel, int64_t K,
-                         T* __restrict__ C, int64_t ldc, int cols, bool accumulate) {
+// C (ROWS rows, ldc; its first `cols` ≤ NR columns) = or += A · one panel, A packed by pack_rows
+// (A[r, k] at k·S + r): per row two vectors of accumulators, updated by one broadcast of A and two loads
+// of the panel per k. A full panel (cols = NR) starts its accumulators from C and stores them back
+// whole; a panel cut by the block's end goes through a row buffer. With few rows the additions into
+// one accumulator would wait on each other (an FMA's latency is several cycles), so KU steps of k go
+// to KU separate accumulators, summed at the end.
+template <typename T, int ROWS, int S, int KU = (ROWS >= 4 ? 1 : ROWS >= 2 ? 2 : 4)>
+inline void panel_kernel(const T* __restrict__ A, const T* __restrict__ panel, int64_t K, T* __restrict__ C,
+                         int64_t ldc, int cols, bool accumulate) {
     typedef typename Simd<T>::vector V;
     constexpr int W = Simd<T>::width;
     const bool full = cols == 2 * W;
-    V lo[KU][MR], hi[KU][MR];
+    V lo[KU][ROWS], hi[KU][ROWS];
     for (int u = 0; u < KU; ++u)
-        for (int r = 0; r < MR; ++r) lo[u][r] = hi[u][r] = V{};
+        for (int r = 0; r < ROWS; ++r) lo[u][r] = hi[u][r] = V{};
     if (full && accumulate)
-        for (int r = 0; r < MR; ++r) {
+        for (int r = 0; r < ROWS; ++r) {
             std::memcpy(&lo[0][r], C + r * ldc, sizeof(V));
             std::memcpy(&hi[0][r], C + r * ldc + W, sizeof(V));
         }
@@ -365,8 +427,8 @@ inline void panel_kernel(const T* __restrict__ A, int64_t lda, const T* __restri
             V b_lo, b_hi;
             std::memcpy(&b_lo, panel + (k + u) * 2 * W, sizeof(V));
             std::memcpy(&b_hi, panel + (k + u) * 2 * W + W, sizeof(V));
-            for (int r = 0; r < MR; ++r) {
-                const T a = A[r * lda + k + u];
+            for (int r = 0; r < ROWS; ++r) {
+                const T a = A[(k + u) * S + r];
                 lo[u][r] += a * b_lo;
                 hi[u][r] += a * b_hi;
             }
@@ -375,13 +437,13 @@ inline void panel_kernel(const T* __restrict__ A, int64_t lda, const T* __restri
         V b_lo, b_hi;
         std::memcpy(&b_lo, panel + k * 2 * W, sizeof(V));
         std::memcpy(&b_hi, panel + k * 2 * W + W, sizeof(V));
-        for (int r = 0; r < MR; ++r) {
-            const T a = A[r * lda + k];
+        for (int r = 0; r < ROWS; ++r) {
+            const T a = A[k * S + r];
             lo[0][r] += a * b_lo;
             hi[0][r] += a * b_hi;
         }
     }
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < ROWS; ++r) {
         for (int u = 1; u < KU; ++u) {
             lo[0][r] += lo[u][r];
             hi[0][r] += hi[u][r];
@@ -399,29 +461,70 @@ inline void panel_kernel(const T* __restrict__ A, int64_t lda, const T* __restri
     }
 }
 
-// C[:, j0:j1] = or += A (M × K, lda) · block g of P, columns j0 … j1 − 1 of the block (j0 a multiple
-// of NR); C points at the block's column 0. Six rows at a time: 12 vector accumulators + 2 loads + 1
-// broadcast fill AVX2's 16 registers.
+// The panel kernel for the last rows < S of a matmul: panel_kernel<T, rows, S>.
+template <typename T, int ROWS, int S>
+inline void panel_kernel_rows(int rows, const T* A, const T* panel, int64_t K, T* C, int64_t ldc, int cols,
+                              bool accumulate) {
+    if constexpr (ROWS > 0) {
+        if (rows == ROWS) panel_kernel<T, ROWS, S>(A, panel, K, C, ldc, cols, accumulate);
+        else panel_kernel_rows<T, ROWS - 1, S>(rows, A, panel, K, C, ldc, cols, accumulate);
+    }
+}
+
+// A (M × K, lda) packed for the panel kernel in blocks of S rows, k-major: row b·S + r's k-th value
+// at (b·K + k)·S + r. The kernel then reads A as one stream, at fixed offsets from one pointer.
+template <typename T, int S>
+void pack_rows(const T* A, int64_t lda, int64_t M, int64_t K, T* __restrict__ out) {
+    for (int64_t b = 0; b * S < M; ++b) {
+        const int64_t rows = std::min<int64_t>(S, M - b * S);
+        T* o = out + b * K * S;
+        for (int64_t r = 0; r < rows; ++r) {
+            const T* __restrict__ a = A + (b * S + r) * lda;
+            for (int64_t k = 0; k < K; ++k) o[k * S + r] = a[k];
+        }
+    }
+}
+
+// This thread's scratch memory for at least n values of T, kept from call to call.
 template <typename T>
-void matmul_columns(const Packed<T>& P, int g, int64_t j0, int64_t j1, int64_t M, const T* A, int64_t lda, T* C,
+T* scratch(int64_t n) {
+    thread_local Buffer<T> buffer(0);
+    thread_local int64_t size = 0;
+    if (n > size) {
+        buffer = Buffer<T>(n);
+        size = n;
+    }
+    return buffer.data();
+}
+
+// The matmul's rows at a time: as many as the registers hold, 2·MR vector accumulators + 2 loads + 1
+// broadcast (6 rows in AVX2's 16 registers, 14 in AVX-512's 32).
+constexpr int MR = (kVectorRegisters - 3) / 2 / 2 * 2;
+
+// A (M × K, lda) packed by pack_rows<T, MR> into this thread's scratch, for matmul_columns.
+template <typename T>
+const T* packed_rows(const T* A, int64_t lda, int64_t M, int64_t K) {
+    T* packed = scratch<T>((M + MR - 1) / MR * MR * K);
+    pack_rows<T, MR>(A, lda, M, K, packed);
+    return packed;
+}
+
+// C[:, j0:j1] = or += A (M × K) · block g of P, columns j0 … j1 − 1 of the block (j0 a multiple of
+// NR), A packed by packed_rows; C points at the block's column 0. MR rows at a time.
+template <typename T>
+void matmul_columns(const Packed<T>& P, int g, int64_t j0, int64_t j1, int64_t M, const T* packed, T* C,
                     int64_t ldc, bool accumulate) {
-    constexpr int NR = Packed<T>::NR, MR = 6;
+    constexpr int NR = Packed<T>::NR;
+    const int64_t K = P.K;
     for (int64_t p = j0 / NR; p * NR < j1; ++p) {
         const int cols = static_cast<int>(std::min<int64_t>(NR, j1 - p * NR));
         const T* panel = P.panel(g, p);
         T* Cp = C + p * NR;
         int64_t i = 0;
-        for (; i + MR <= M; i += MR) panel_kernel<T, MR>(A + i * lda, lda, panel, P.K, Cp + i * ldc, ldc, cols, accumulate);
-        const T* Ai = A + i * lda;
-        T* Ci = Cp + i * ldc;
-        switch (M - i) {
-            case 5: panel_kernel<T, 5>(Ai, lda, panel, P.K, Ci, ldc, cols, accumulate); break;
-            case 4: panel_kernel<T, 4>(Ai, lda, panel, P.K, Ci, ldc, cols, accumulate); break;
-            case 3: panel_kernel<T, 3>(Ai, lda, panel, P.K, Ci, ldc, cols, accumulate); break;
-            case 2: panel_kernel<T, 2>(Ai, lda, panel, P.K, Ci, ldc, cols, accumulate); break;
-            case 1: panel_kernel<T, 1>(Ai, lda, panel, P.K, Ci, ldc, cols, accumulate); break;
-            default: break;
-        }
+        for (; i + MR <= M; i += MR) panel_kernel<T, MR, MR>(packed + i * K, panel, K, Cp + i * ldc, ldc, cols, accumulate);
+        if (i < M)
+            panel_kernel_rows<T, MR - 1, MR>(static_cast<int>(M - i), packed + i * K, panel, K, Cp + i * ldc, ldc, cols,
+                                             accumulate);
     }
 }
 
@@ -431,10 +534,13 @@ struct Share {  // this thread's rows [r0, r1) and units [j0, j1)
     int64_t units() const { return j1 - j0; }
 };
 
-// Unit slices start on multiples of 16 (a 64-byte line of floats), so threads never write one line.
+// Unit slices start on multiples of `align`: of the weight panels' width (matmul_columns starts at a
+// panel), and of 16 (a 64-byte line of floats), so threads never write one line.
+template <typename T>
 inline Share share_of(int p, int nt, bool by_rows, int64_t B, int64_t H) {
+    constexpr int64_t align = std::max<int64_t>(16, Packed<T>::NR);
     if (by_rows) return {B * p / nt, B * (p + 1) / nt, 0, H};
-    auto edge = [&](int q) { return q == nt ? H : std::min(H, (H * q / nt + 8) / 16 * 16); };
+    auto edge = [&](int q) { return q == nt ? H : std::min(H, (H * q / nt + align / 2) / align * align); };
     return {0, B, edge(p), edge(p + 1)};
 }
 
@@ -463,8 +569,9 @@ inline int64_t previous_row(int64_t t, int64_t T_, int64_t B, bool reverse) { re
 template <typename T>
 void gate_columns(const Share& s, const Packed<T>& W, int blocks, const T* A, int64_t lda, T* C, int64_t ldc,
                   bool accumulate) {
+    const T* packed = packed_rows<T>(A, lda, s.rows(), W.K);
     for (int g = 0; g < blocks; ++g)
-        matmul_columns<T>(W, g, s.j0, s.j1, s.rows(), A, lda, C + g * W.width, ldc, accumulate);
+        matmul_columns<T>(W, g, s.j0, s.j1, s.rows(), packed, C + g * W.width, ldc, accumulate);
 }
 
 // At batch 1 a step's products are matrix–vector products that read all of W_hh once a step either
@@ -489,7 +596,7 @@ inline void some_rows_times_vector(const T* W, int64_t K, const T* __restrict__ 
     }
     T sums[R];
 #if defined(__AVX2__) && defined(__FMA__)
-    if constexpr (std::is_same_v<T, float> && R == 8) {  // the eight sums of eight lanes in one vector
+    if constexpr (std::is_same_v<T, float> && R == 8 && Simd<T>::width == 8) {  // the eight sums of eight lanes in one vector
         __m256 a[8];
         std::memcpy(a, acc, sizeof a);
         const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
@@ -568,7 +675,7 @@ void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_
                       int64_t K, int64_t H, const T* dZ, T* dh, bool accumulate) {
     if (s.rows() == 0) return;
     if (!rowwise) {
-        matmul_columns<T>(P, 0, s.j0, s.j1, s.rows(), dZ, K, dh, H, accumulate);
+        matmul_columns<T>(P, 0, s.j0, s.j1, s.rows(), packed_rows<T>(dZ, K, s.rows(), K), dh, H, accumulate);
         return;
     }
     const int p = thread_id(), nt = team_size();
@@ -597,7 +704,7 @@ void lstm_forward_sequence(T* acts, T* h, T* c, T* k, const T* w_hh, int64_t T_,
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
-        const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
         if (!rowwise) pack_transposed<T>(w_hh, 4, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
@@ -635,7 +742,7 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
-        const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
         if (!rowwise) pack_plain<T>(w_hh, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
@@ -672,7 +779,7 @@ void gru_forward_sequence(const T* x, const T* bias, T* hh, T* rz, T* n, T* h, c
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
-        const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
         if (!rowwise) pack_transposed<T>(w_hh, 3, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
@@ -714,7 +821,7 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
-        const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
         if (!rowwise) pack_plain<T>(w_hh, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
@@ -745,7 +852,7 @@ void rnn_forward_sequence(const T* x, T* h, const T* w_hh, int64_t T_, int64_t B
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
-        const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
         if (!rowwise) pack_transposed<T>(w_hh, 1, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
@@ -779,7 +886,7 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
-        const Share s = share_of(thread_id(), nt, by_rows, B, H);
+        const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
         if (!rowwise) pack_plain<T>(w_hh, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
