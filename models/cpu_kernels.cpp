@@ -126,15 +126,18 @@ inline typename O::V tanh_v(typename O::V x) {  // 2σ(2x) − 1
 }
 
 // lstm_forward_row's formulas (below) for O::width units from unit j on.
-template <typename O, bool TRAINING>
+template <typename O, bool TRAINING, bool BIAS>
 inline void lstm_forward_units(int64_t j, const float* __restrict__ z_i, float* __restrict__ z_f,
                                const float* __restrict__ z_g, const float* __restrict__ z_o,
-                               const float* __restrict__ c_prev, float* __restrict__ c, float* __restrict__ m,
-                               float* __restrict__ k_i, float* __restrict__ k_f, float* __restrict__ k_g,
-                               float* __restrict__ k_o, float* __restrict__ k_c) {
+                               const float* __restrict__ b, const float* __restrict__ c_prev, float* __restrict__ c,
+                               float* __restrict__ m, float* __restrict__ k_i, float* __restrict__ k_f,
+                               float* __restrict__ k_g, float* __restrict__ k_o, float* __restrict__ k_c, int64_t H) {
     typedef typename O::V V;
-    const V i = sigmoid_v<O>(O::load(z_i + j)), f = sigmoid_v<O>(O::load(z_f + j));
-    const V g = tanh_v<O>(O::load(z_g + j)), o = sigmoid_v<O>(O::load(z_o + j));
+    auto pre = [&](const float* z, int gate) {  // z (+ b) for the gate
+        return BIAS ? O::add(O::load(z + j), O::load(b + gate * H + j)) : O::load(z + j);
+    };
+    const V i = sigmoid_v<O>(pre(z_i, 0)), f = sigmoid_v<O>(pre(z_f, 1));
+    const V g = tanh_v<O>(pre(z_g, 2)), o = sigmoid_v<O>(pre(z_o, 3));
     const V cp = O::load(c_prev + j);
     const V gi = O::mul(g, i);
     const V cc = O::fmadd(f, cp, gi);  // c = f ⊙ c_prev + i ⊙ g
@@ -157,27 +160,34 @@ inline void lstm_forward_units(int64_t j, const float* __restrict__ z_i, float* 
 // __restrict__ pointer: then gcc can prove that a store into one gate's columns never feeds a load
 // from another's, and vectorises the row (with one pointer per row and symbolic H it does not).
 
-// LSTM, LSTMFunction.forward's step: z = x_proj + b_hh + h_prev W_hhᵀ (b, 4H) = [z_i | z_f | z_g | z_o]
+// LSTM, LSTMFunction.forward's step: z = x_proj + h_prev W_hhᵀ (b, 4H) = [z_i | z_f | z_g | z_o], where
+// x_proj holds b_ih + b_hh already or, with BIAS, b (4H) = b_ih + b_hh is added here (units j of gate q
+// at b[q·ld_b + j]: ld_b is the layer's H when the row is a share of its units)
 // → c (b, H), m = o ⊙ tanh(c) (b, H); training: f back into z's f column and
 // k = [k_i | k_f | k_g | k_o | k_c] (b, 5H), the backward's factors.
-template <typename T, bool TRAINING>
+template <typename T, bool TRAINING, bool BIAS = false>
 void lstm_forward_row(const T* __restrict__ z_i, T* __restrict__ z_f, const T* __restrict__ z_g,
                       const T* __restrict__ z_o, const T* __restrict__ c_prev, T* __restrict__ c,
                       T* __restrict__ m, T* __restrict__ k_i, T* __restrict__ k_f, T* __restrict__ k_g,
-                      T* __restrict__ k_o, T* __restrict__ k_c, int64_t H) {
+                      T* __restrict__ k_o, T* __restrict__ k_c, int64_t H, const T* __restrict__ b = nullptr,
+                      int64_t ld_b = 0) {
     int64_t j = 0;
     if constexpr (std::is_same_v<T, float>) {  // a vector of units at a time: the same formulas as below
 #ifdef __AVX512F__
         for (; j + Avx512::width <= H; j += Avx512::width)
-            lstm_forward_units<Avx512, TRAINING>(j, z_i, z_f, z_g, z_o, c_prev, c, m, k_i, k_f, k_g, k_o, k_c);
+            lstm_forward_units<Avx512, TRAINING, BIAS>(j, z_i, z_f, z_g, z_o, b, c_prev, c, m, k_i, k_f, k_g, k_o, k_c,
+                                                       ld_b);
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
         for (; j + Avx2::width <= H; j += Avx2::width)
-            lstm_forward_units<Avx2, TRAINING>(j, z_i, z_f, z_g, z_o, c_prev, c, m, k_i, k_f, k_g, k_o, k_c);
+            lstm_forward_units<Avx2, TRAINING, BIAS>(j, z_i, z_f, z_g, z_o, b, c_prev, c, m, k_i, k_f, k_g, k_o, k_c,
+                                                     ld_b);
 #endif
     }
     for (; j < H; ++j) {
-        const T i = sigmoid(z_i[j]), f = sigmoid(z_f[j]), g = tanh_(z_g[j]), o = sigmoid(z_o[j]);
+        const T zi = BIAS ? z_i[j] + b[j] : z_i[j], zf = BIAS ? z_f[j] + b[ld_b + j] : z_f[j];
+        const T zg = BIAS ? z_g[j] + b[2 * ld_b + j] : z_g[j], zo = BIAS ? z_o[j] + b[3 * ld_b + j] : z_o[j];
+        const T i = sigmoid(zi), f = sigmoid(zf), g = tanh_(zg), o = sigmoid(zo);
         const T cc = f * c_prev[j] + i * g;
         const T tc = tanh_(cc);
         const T mm = o * tc;
@@ -693,12 +703,12 @@ void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_
     }
 }
 
-// LSTM forward: acts (N, 4H) holds x_proj + b_ih + b_hh and becomes the activations (f in its f column
-// when training); h and c histories (N + B, H); k (N, 5H) or null. Per step, as LSTMFunction:
-// z = x_proj + h_prev W_hhᵀ, then lstm_forward_row on the share.
-template <typename T, bool TRAINING>
-void lstm_forward_sequence(T* acts, T* h, T* c, T* k, const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse,
-                           int threads, bool by_rows) {
+// LSTM forward: acts (N, 4H) holds x W_ihᵀ and becomes the activations (f in its f column when
+// training); bias (4H) = b_ih + b_hh, or null; h and c histories (N + B, H); k (N, 5H) or null. Per
+// step, as LSTMFunction: z = x_proj + h_prev W_hhᵀ, then lstm_forward_row on the share, which adds the bias.
+template <typename T, bool TRAINING, bool BIAS>
+void lstm_forward_sequence(T* acts, const T* bias, T* h, T* c, T* k, const T* w_hh, int64_t T_, int64_t B, int64_t H,
+                           bool reverse, int threads, bool by_rows) {
     const bool rowwise = B == 1;
     Packed<T> W(rowwise ? 0 : 4, H, H);  // W_hh for h_prev W_hhᵀ
 #pragma omp parallel num_threads(threads)
@@ -721,10 +731,10 @@ void lstm_forward_sequence(T* acts, T* h, T* c, T* k, const T* w_hh, int64_t T_,
                 T* zr = z + row * 4 * H + s.j0;
                 T* kr = TRAINING ? k + (t * B + s.r0 + row) * 5 * H + s.j0 : nullptr;
                 const int64_t o = row * H + s.j0;
-                lstm_forward_row<T, TRAINING>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + o, c_t + o, h_t + o, kr,
-                                              TRAINING ? kr + H : nullptr, TRAINING ? kr + 2 * H : nullptr,
-                                              TRAINING ? kr + 3 * H : nullptr, TRAINING ? kr + 4 * H : nullptr,
-                                              s.units());
+                lstm_forward_row<T, TRAINING, BIAS>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + o, c_t + o, h_t + o, kr,
+                                                    TRAINING ? kr + H : nullptr, TRAINING ? kr + 2 * H : nullptr,
+                                                    TRAINING ? kr + 3 * H : nullptr, TRAINING ? kr + 4 * H : nullptr,
+                                                    s.units(), BIAS ? bias + s.j0 : nullptr, H);
             }
         }
     }
@@ -930,10 +940,17 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
         gru_backward_direct<T>(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn, b, H);                              \
     }                                                                                                       \
     extern "C" void tanh_##suffix(T* x, int64_t n) { tanh_inplace<T>(x, n); }                             \
-    extern "C" void lstm_forward_sequence_##suffix(T* acts, T* h, T* c, T* k, const T* w_hh, int64_t T_, int64_t B, \
-                                                   int64_t H, int64_t reverse, int64_t threads, int64_t by_rows) { \
-        if (k) lstm_forward_sequence<T, true>(acts, h, c, k, w_hh, T_, B, H, reverse, threads, by_rows);       \
-        else lstm_forward_sequence<T, false>(acts, h, c, k, w_hh, T_, B, H, reverse, threads, by_rows);        \
+    extern "C" void lstm_forward_sequence_##suffix(T* acts, const T* bias, T* h, T* c, T* k, const T* w_hh,   \
+                                                   int64_t T_, int64_t B, int64_t H, int64_t reverse,         \
+                                                   int64_t threads, int64_t by_rows) {                        \
+        auto run = [&](auto training, auto has_bias) {                                                      \
+            lstm_forward_sequence<T, decltype(training)::value, decltype(has_bias)::value>(                   \
+                acts, bias, h, c, k, w_hh, T_, B, H, reverse, threads, by_rows);                              \
+        };                                                                                                  \
+        if (k && bias) run(std::true_type{}, std::true_type{});                                             \
+        else if (k) run(std::true_type{}, std::false_type{});                                               \
+        else if (bias) run(std::false_type{}, std::true_type{});                                            \
+        else run(std::false_type{}, std::false_type{});                                                     \
     }                                                                                                       \
     extern "C" void lstm_backward_sequence_##suffix(const T* d_out, T* dh, T* dc, const T* k, const T* acts,  \
                                                     T* dz, const T* w_hh, int64_t T_, int64_t B, int64_t H,   \

@@ -56,7 +56,7 @@ _SIGNATURES = {  # name: argument types (pointers, then sizes)
     "gru_forward": [_P] * 7 + [_N] * 2,
     "gru_backward_direct": [_P] * 8 + [_N] * 2,
     "tanh": [_P, _N],
-    "lstm_forward_sequence": [_P] * 5 + [_N] * 6,
+    "lstm_forward_sequence": [_P] * 6 + [_N] * 6,
     "lstm_backward_sequence": [_P] * 7 + [_N] * 6,
     "gru_forward_sequence": [_P] * 7 + [_N] * 6,
     "gru_backward_sequence": [_P] * 9 + [_N] * 6,
@@ -238,13 +238,14 @@ def _contiguous(*tensors):
     return [t.data_ptr() if t is not None else None for t in tensors]
 
 
-def lstm_forward_sequence(acts, h, c, k, weight_hh, batch, reverse):
-    """Every step of LSTMFunction.forward (no projection): acts (N, 4H) = x_proj, in place to the
-    activations; h, c histories (N + B, H) with the initial states in place; k (N, 5H) or None."""
+def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse):
+    """Every step of LSTMFunction.forward (no projection): acts (N, 4H) = x W_ihᵀ, in place to the
+    activations; bias (4H,) = b_ih + b_hh, added in each step, or None (then acts holds it already);
+    h, c histories (N + B, H) with the initial states in place; k (N, 5H) or None."""
     H = c.shape[1]
     threads, by_rows = split(batch, H)
-    _fn("lstm_forward_sequence", acts)(*_contiguous(acts, h, c, k, weight_hh), acts.shape[0] // batch, batch, H,
-                                       reverse, threads, by_rows)
+    _fn("lstm_forward_sequence", acts)(*_contiguous(acts, bias, h, c, k, weight_hh), acts.shape[0] // batch, batch,
+                                       H, reverse, threads, by_rows)
 
 
 def lstm_backward_sequence(d_out, dh, dc, k, acts, dz, weight_hh, batch, reverse):

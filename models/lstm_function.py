@@ -10,7 +10,7 @@ from . import cpu_kernels
 from .backends import step_kernels, whole_sequence
 from .double_backward import backward_by_autograd, needs_autograd
 from .layout import Layout, grad_buffer
-from .projection import input_grads, input_projection
+from .projection import input_grads, input_projection, summed_bias
 from .workspace import workspace
 
 
@@ -90,11 +90,14 @@ class LSTMFunction(torch.autograd.Function):
         c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
         # z without its recurrent part for all steps, in one matmul; each step adds h_prev W_hhᵀ in
         # place and turns z into the activations i | f | g | o in place.
-        acts = input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
+        # The sequence kernel adds b_ih + b_hh in each step itself, where it reads z anyway.
+        sequence = weight_hr is None and whole_sequence(layout, x)
+        acts = input_projection(x, weight_ih) if sequence else input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
         k = workspace.empty(acts, layout.N, 5 * H) if for_backward else None  # (N, 5H): k_i|k_f|k_g|k_o|k_c
         h_prevs = m_buf = None
-        if weight_hr is None and whole_sequence(layout, acts):
-            cpu_kernels.lstm_forward_sequence(acts, h_buf, c_buf, k, weight_hh.contiguous(), layout.B, reverse)
+        if sequence:
+            cpu_kernels.lstm_forward_sequence(acts, summed_bias(bias_ih, bias_hh), h_buf, c_buf, k,
+                                              weight_hh.contiguous(), layout.B, reverse)
         else:
             h_prevs, m_buf = _forward_steps(layout, acts, k, weight_hh, weight_hr, (outs, h_init), (c_outs, c_init))
 
@@ -146,13 +149,13 @@ def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, wei
     B, T, H = layout.B, layout.T, h_buf.shape[1]
     steps = max(1, CHUNK_BYTES // (B * 4 * H * x.element_size()))
     starts = range(0, T, steps)
-    w_hh = weight_hh.contiguous()
+    w_hh, bias = weight_hh.contiguous(), summed_bias(bias_ih, bias_hh)
     for t0 in reversed(starts) if layout.reverse else starts:
         t1 = min(t0 + steps, T)
-        acts = input_projection(x[t0 * B : t1 * B], weight_ih, bias_ih, bias_hh)  # ((t1 − t0)·B, 4H)
+        acts = input_projection(x[t0 * B : t1 * B], weight_ih)  # ((t1 − t0)·B, 4H): x W_ihᵀ, the kernel adds the bias
         # From row t0·B on, the history buffers hold the chunk's steps and, where the kernel expects
         # it, the state before them: step t0 − 1's (forwards) or step t1's (backwards), else h0.
-        cpu_kernels.lstm_forward_sequence(acts, h_buf[t0 * B :], c_buf[t0 * B :], None, w_hh, B, layout.reverse)
+        cpu_kernels.lstm_forward_sequence(acts, bias, h_buf[t0 * B :], c_buf[t0 * B :], None, w_hh, B, layout.reverse)
 
 
 def _forward_steps(layout, acts, k, weight_hh, weight_hr, h, c):

@@ -16,11 +16,18 @@ def input_projection(x, weight_ih, *biases):
     result comes from the buffer pool (`models.workspace`), as the Functions' other (N, ·) buffers.
     """
     out = workspace.empty(x, x.shape[0], weight_ih.shape[0])  # (N, G·H)
+    bias = summed_bias(*biases)
+    if bias is None:
+        return torch.mm(x, weight_ih.t(), out=out)
+    return torch.addmm(bias, x, weight_ih.t(), out=out)
+
+
+def summed_bias(*biases):
+    """The sum of the biases that are not None (contiguous), or None when all are."""
     present = [b for b in biases if b is not None]
     if not present:
-        return torch.mm(x, weight_ih.t(), out=out)
-    bias = present[0] if len(present) == 1 else present[0] + present[1]
-    return torch.addmm(bias, x, weight_ih.t(), out=out)
+        return None
+    return (present[0] if len(present) == 1 else present[0] + present[1]).contiguous()
 
 
 # Below this input size dW_ih is computed as the transpose of (I, G·H) = xᵀ d x_proj, which MKL's gemm
