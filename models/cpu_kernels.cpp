@@ -487,11 +487,14 @@ template <typename T, int S>
 void pack_rows(const T* A, int64_t lda, int64_t M, int64_t K, T* __restrict__ out) {
     for (int64_t b = 0; b * S < M; ++b) {
         const int64_t rows = std::min<int64_t>(S, M - b * S);
-        T* o = out + b * K * S;
-        for (int64_t r = 0; r < rows; ++r) {
-            const T* __restrict__ a = A + (b * S + r) * lda;
-            for (int64_t k = 0; k < K; ++k) o[k * S + r] = a[k];
-        }
+        T* __restrict__ o = out + b * K * S;
+        const T* a = A + b * S * lda;
+        if (rows == S)  // written in order, read as S streams of rows
+            for (int64_t k = 0; k < K; ++k)
+                for (int r = 0; r < S; ++r) o[k * S + r] = a[r * lda + k];
+        else
+            for (int64_t k = 0; k < K; ++k)
+                for (int64_t r = 0; r < rows; ++r) o[k * S + r] = a[r * lda + k];
     }
 }
 
