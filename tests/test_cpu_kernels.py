@@ -5,6 +5,7 @@ The float64 equivalence tests of test_fused.py already run through the kernels (
 default); here the eager fallback gets the same check, the float32 kernels are compared with
 torch's sigmoid/tanh (their exp is our own polynomial), and building and not building are tested.
 """
+import platform
 import shutil
 import warnings
 
@@ -291,3 +292,31 @@ def test_gru_backward_direct_kernel_equals_the_eager_math():
     torch.testing.assert_close(d_hh, expected_d_hh, **TIGHT)
     torch.testing.assert_close(d_xn, d * k_n, **TIGHT)
     torch.testing.assert_close(dh, d * z, **TIGHT)
+
+
+# The kernels pick their vector code by what the compiler targets (-march=native): AVX-512, AVX2 or
+# plain. These builds narrow the target on an x86 machine, so that every variant is checked on
+# whichever x86 CPU runs the tests, not only the widest it has.
+NARROWER_TARGETS = {"avx2": ["-mno-avx512f"], "sse": ["-mno-avx512f", "-mno-avx2", "-mno-fma"]}
+
+
+@needs_kernels
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction sets")
+@pytest.mark.parametrize("target", sorted(NARROWER_TARGETS))
+def test_a_build_for_a_narrower_instruction_set_gives_the_same_numbers(target, fresh_library, monkeypatch, tmp_path):
+    monkeypatch.setenv("RNN_BY_HAND_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "BUILDS", [[*cpu_kernels.FLAGS, *NARROWER_TARGETS[target]]])
+    assert cpu_kernels.available(), "the narrower build failed"
+    whole_model_split = cpu_kernels.split
+    for kind in LAYERS:
+        for threads, by_rows in [(1, True), (2, False)]:  # float64, a step shared by rows and by units
+            monkeypatch.setattr(cpu_kernels, "split", lambda rows, units: (threads, by_rows))
+            ours, ref = fused_pair(kind, 3, 40, bidirectional=True)
+            assert_same(ours, ref, *layer_inputs(kind, ours, 5, 13), **TIGHT)
+        monkeypatch.setattr(cpu_kernels, "split", whole_model_split)  # float32, as a training run has it
+        ours, ref = fused_pair(kind, 28, 48, dtype=torch.float32)
+        x, hx = layer_inputs(kind, ours, 28, 16)
+        (out_a, gin_a, gp_a), (out_b, gin_b, gp_b) = [forward_and_grads(m, clone_inputs([x, hx])) for m in (ours, ref)]
+        for a, b in zip([*out_a, *gin_a, *gp_a.values()], [*out_b, *gin_b, *gp_b.values()]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-6 * max(1.0, b.abs().max().item()))
+    assert len(list(tmp_path.glob("cpu_kernels-*.so"))) == 1, "the narrower build was the one loaded"
