@@ -380,21 +380,26 @@ struct Packed {
     const T* panel(int g, int64_t p) const { return data.data() + ((g * panels + p) * K) * NR; }
 };
 
-// Packs W (blocks·width × K, row-major) for A · Wᵀ: the forward's h_prev W_hhᵀ. Called by every thread
-// of a team, which share the panels; returns after the last panel is written (omp for's barrier).
+// Packs W (blocks·width × K, row-major) for A · Wᵀ: the forward's h_prev W_hhᵀ. With W_in (blocks·width
+// × K_in) it packs [W_in | W] (K_in + K columns) for [x | h_prev] [W_ih | W_hh]ᵀ, the input projection
+// and the recurrent matmul in one (P.K = K_in + K). Called by every thread of a team, which share the
+// panels; returns after the last panel is written (omp for's barrier).
 template <typename T>
-void pack_transposed(const T* W, int blocks, Packed<T>& P) {
+void pack_transposed(const T* W, int blocks, Packed<T>& P, const T* W_in = nullptr, int64_t K_in = 0) {
     constexpr int NR = Packed<T>::NR;
-    const int64_t K = P.K, width = P.width, count = blocks * P.panels;
+    const int64_t K = P.K - K_in, width = P.width, count = blocks * P.panels;
 #pragma omp for
     for (int64_t q = 0; q < count; ++q) {
         const int g = static_cast<int>(q / P.panels);
         const int64_t p = q % P.panels;
         T* out = P.panel(g, p);
         const int cols = static_cast<int>(std::min<int64_t>(NR, width - p * NR));
-        const T* rows = W + (g * width + p * NR) * K;  // the panel's columns are W's rows p·NR …
-        for (int64_t k = 0; k < K; ++k)  // written in order; read as NR streams of rows
-            for (int c = 0; c < NR; ++c) out[k * NR + c] = c < cols ? rows[c * K + k] : T(0);
+        const int64_t row0 = g * width + p * NR;  // the panel's columns are the weights' rows row0 …
+        for (int64_t k = 0; k < K_in; ++k)  // written in order; read as NR streams of rows
+            for (int c = 0; c < NR; ++c) out[k * NR + c] = c < cols ? W_in[(row0 + c) * K_in + k] : T(0);
+        out += K_in * NR;
+        for (int64_t k = 0; k < K; ++k)
+            for (int c = 0; c < NR; ++c) out[k * NR + c] = c < cols ? W[(row0 + c) * K + k] : T(0);
     }
 }
 
@@ -498,8 +503,25 @@ void pack_rows(const T* A, int64_t lda, int64_t M, int64_t K, T* __restrict__ ou
     }
 }
 
-// This thread's scratch memory for at least n values of T, kept from call to call.
-template <typename T>
+// [X | A] (M × (K_x + K)) packed as pack_rows packs one matrix: X's K_x columns, then A's K.
+template <typename T, int S>
+void pack_rows(const T* X, int64_t ldx, int64_t K_x, const T* A, int64_t lda, int64_t M, int64_t K, T* out) {
+    if (K_x == 0) return pack_rows<T, S>(A, lda, M, K, out);
+    const int64_t width = K_x + K;
+    for (int64_t b = 0; b * S < M; ++b) {  // pack_rows on each part, into the block's k range of its own
+        const int64_t rows = std::min<int64_t>(S, M - b * S);
+        T* o = out + b * width * S;
+        for (int64_t k = 0; k < K_x; ++k)
+            for (int64_t r = 0; r < rows; ++r) o[k * S + r] = X[(b * S + r) * ldx + k];
+        o += K_x * S;
+        for (int64_t k = 0; k < K; ++k)
+            for (int64_t r = 0; r < rows; ++r) o[k * S + r] = A[(b * S + r) * lda + k];
+    }
+}
+
+// This thread's scratch memory for at least n values of T, kept from call to call: one buffer per use.
+enum class Scratch { packed_rows, gates };
+template <typename T, Scratch use>
 T* scratch(int64_t n) {
     thread_local Buffer<T> buffer(0);
     thread_local int64_t size = 0;
@@ -514,11 +536,13 @@ T* scratch(int64_t n) {
 // broadcast (6 rows in AVX2's 16 registers, 14 in AVX-512's 32).
 constexpr int MR = (kVectorRegisters - 3) / 2 / 2 * 2;
 
-// A (M × K, lda) packed by pack_rows<T, MR> into this thread's scratch, for matmul_columns.
+// A (M × K, lda), or [X | A] with X (M × K_x, ldx), packed by pack_rows<T, MR> into this thread's
+// scratch, for matmul_columns.
 template <typename T>
-const T* packed_rows(const T* A, int64_t lda, int64_t M, int64_t K) {
-    T* packed = scratch<T>((M + MR - 1) / MR * MR * K);
-    pack_rows<T, MR>(A, lda, M, K, packed);
+const T* packed_rows(const T* A, int64_t lda, int64_t M, int64_t K, const T* X = nullptr, int64_t ldx = 0,
+                     int64_t K_x = 0) {
+    T* packed = scratch<T, Scratch::packed_rows>((M + MR - 1) / MR * MR * (K_x + K));
+    pack_rows<T, MR>(X, ldx, K_x, A, lda, M, K, packed);
     return packed;
 }
 
@@ -581,8 +605,8 @@ inline int64_t previous_row(int64_t t, int64_t T_, int64_t B, bool reverse) { re
 // g (C's row stride ldc): a step's h_prev W_hhᵀ, W_hh packed by pack_transposed.
 template <typename T>
 void gate_columns(const Share& s, const Packed<T>& W, int blocks, const T* A, int64_t lda, T* C, int64_t ldc,
-                  bool accumulate) {
-    const T* packed = packed_rows<T>(A, lda, s.rows(), W.K);
+                  bool accumulate, const T* X = nullptr, int64_t I = 0) {
+    const T* packed = packed_rows<T>(A, lda, s.rows(), W.K - I, X, I, I);
     for (int g = 0; g < blocks; ++g)
         matmul_columns<T>(W, g, s.j0, s.j1, s.rows(), packed, C + g * W.width, ldc, accumulate);
 }
@@ -667,14 +691,18 @@ void vector_times_columns(const T* __restrict__ a, int64_t K, const T* W, int64_
 // (`rowwise`) from W_hh's rows as they lie.
 template <typename T>
 void forward_product(const Share& s, const Packed<T>& P, bool rowwise, const T* w_hh, int blocks, int64_t H,
-                     const T* A, T* C, int64_t ldc, bool accumulate) {
+                     const T* A, T* C, int64_t ldc, bool accumulate, const T* X = nullptr, const T* w_ih = nullptr,
+                     int64_t I = 0) {
     if (s.rows() == 0) return;
     if (!rowwise) {
-        gate_columns<T>(s, P, blocks, A, H, C, ldc, accumulate);
+        gate_columns<T>(s, P, blocks, A, H, C, ldc, accumulate, X, I);
         return;
     }
-    for (int g = 0; g < blocks; ++g)
-        rows_times_vector<T>(w_hh + (g * H + s.j0) * H, H, A, C + g * H + s.j0, s.units(), accumulate);
+    for (int g = 0; g < blocks; ++g) {
+        if (X)  // C = (C +) x W_ihᵀ + h W_hhᵀ
+            rows_times_vector<T>(w_ih + (g * H + s.j0) * I, I, X, C + g * H + s.j0, s.units(), accumulate);
+        rows_times_vector<T>(w_hh + (g * H + s.j0) * H, H, A, C + g * H + s.j0, s.units(), accumulate || X);
+    }
 }
 
 // A step's dh = or += dZ W_hh for the share (dZ: the rows' K = G·H gradients), from the packed panels.
@@ -709,19 +737,24 @@ void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_
 // LSTM forward: acts (N, 4H) holds x W_ihᵀ and becomes the activations (f in its f column when
 // training); bias (4H) = b_ih + b_hh, or null; h and c histories (N + B, H); k (N, 5H) or null. Per
 // step, as LSTMFunction: z = x_proj + h_prev W_hhᵀ, then lstm_forward_row on the share, which adds the bias.
-template <typename T, bool TRAINING, bool BIAS>
-void lstm_forward_sequence(T* acts, const T* bias, T* h, T* c, T* k, const T* w_hh, int64_t T_, int64_t B, int64_t H,
-                           bool reverse, int threads, bool by_rows) {
+// With INPUT, x (N, I) and w_ih (4H, I) come instead of x_proj: each step computes
+// z = [x_t | h_prev] [W_ih | W_hh]ᵀ in one matmul into a buffer of the thread's own, which stays in
+// cache (the whole sequence's x_proj would not), and writes f to acts (training) or nothing (acts null).
+template <typename T, bool TRAINING, bool BIAS, bool INPUT>
+void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const T* bias, T* h, T* c, T* k,
+                           const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads, bool by_rows) {
     const bool rowwise = B == 1;
-    Packed<T> W(rowwise ? 0 : 4, H, H);  // W_hh for h_prev W_hhᵀ
+    if (!INPUT) I = 0;
+    Packed<T> W(rowwise ? 0 : 4, I + H, H);  // [W_ih | W_hh] for [x_t | h_prev] [W_ih | W_hh]ᵀ
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
-        if (!rowwise) pack_transposed<T>(w_hh, 4, W);
+        if (!rowwise) pack_transposed<T>(w_hh, 4, W, w_ih, I);
+        T* gates = INPUT ? scratch<T, Scratch::gates>(s.rows() * 4 * H) : nullptr;  // (rows, 4H): z, with INPUT
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
-            T* z = acts + (t * B + s.r0) * 4 * H;
+            T* z = INPUT ? gates : acts + (t * B + s.r0) * 4 * H;
             const T* h_prev = h + (previous_row(t, T_, B, reverse) + s.r0) * H;
             const T* c_prev = c + (previous_row(t, T_, B, reverse) + s.r0) * H;
             T* h_t = h + (state_row(t, T_, B, reverse) + s.r0) * H;
@@ -729,7 +762,10 @@ void lstm_forward_sequence(T* acts, const T* bias, T* h, T* c, T* k, const T* w_
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
-            forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, true);  // z += h_prev W_hhᵀ
+            if (INPUT)  // z = x_t W_ihᵀ + h_prev W_hhᵀ
+                forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, false, x + (t * B + s.r0) * I, w_ih, I);
+            else  // z += h_prev W_hhᵀ
+                forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, true);
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* zr = z + row * 4 * H + s.j0;
                 T* kr = TRAINING ? k + (t * B + s.r0 + row) * 5 * H + s.j0 : nullptr;
@@ -738,6 +774,8 @@ void lstm_forward_sequence(T* acts, const T* bias, T* h, T* c, T* k, const T* w_
                                                     TRAINING ? kr + H : nullptr, TRAINING ? kr + 2 * H : nullptr,
                                                     TRAINING ? kr + 3 * H : nullptr, TRAINING ? kr + 4 * H : nullptr,
                                                     s.units(), BIAS ? bias + s.j0 : nullptr, H);
+                if (INPUT && TRAINING)  // f where the backward reads it
+                    std::memcpy(acts + (t * B + s.r0 + row) * 4 * H + H + s.j0, zr + H, s.units() * sizeof(T));
             }
         }
     }
@@ -943,17 +981,23 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
         gru_backward_direct<T>(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn, b, H);                              \
     }                                                                                                       \
     extern "C" void tanh_##suffix(T* x, int64_t n) { tanh_inplace<T>(x, n); }                             \
-    extern "C" void lstm_forward_sequence_##suffix(T* acts, const T* bias, T* h, T* c, T* k, const T* w_hh,   \
-                                                   int64_t T_, int64_t B, int64_t H, int64_t reverse,         \
-                                                   int64_t threads, int64_t by_rows) {                        \
-        auto run = [&](auto training, auto has_bias) {                                                      \
-            lstm_forward_sequence<T, decltype(training)::value, decltype(has_bias)::value>(                   \
-                acts, bias, h, c, k, w_hh, T_, B, H, reverse, threads, by_rows);                              \
+    extern "C" void lstm_forward_sequence_##suffix(T* acts, const T* x, const T* w_ih, int64_t I,            \
+                                                   const T* bias, T* h, T* c, T* k, const T* w_hh, int64_t T_, \
+                                                   int64_t B, int64_t H, int64_t reverse, int64_t threads,    \
+                                                   int64_t by_rows) {                                         \
+        auto run = [&](auto training, auto has_bias, auto input) {                                          \
+            lstm_forward_sequence<T, decltype(training)::value, decltype(has_bias)::value,                    \
+                                  decltype(input)::value>(acts, x, w_ih, I, bias, h, c, k, w_hh, T_, B, H,   \
+                                                          reverse, threads, by_rows);                         \
         };                                                                                                  \
-        if (k && bias) run(std::true_type{}, std::true_type{});                                             \
-        else if (k) run(std::true_type{}, std::false_type{});                                               \
-        else if (bias) run(std::false_type{}, std::true_type{});                                            \
-        else run(std::false_type{}, std::false_type{});                                                     \
+        auto with_input = [&](auto training, auto has_bias) {                                               \
+            if (x) run(training, has_bias, std::true_type{});                                               \
+            else run(training, has_bias, std::false_type{});                                                \
+        };                                                                                                  \
+        if (k && bias) with_input(std::true_type{}, std::true_type{});                                      \
+        else if (k) with_input(std::true_type{}, std::false_type{});                                        \
+        else if (bias) with_input(std::false_type{}, std::true_type{});                                     \
+        else with_input(std::false_type{}, std::false_type{});                                              \
     }                                                                                                       \
     extern "C" void lstm_backward_sequence_##suffix(const T* d_out, T* dh, T* dc, const T* k, const T* acts,  \
                                                     T* dz, const T* w_hh, int64_t T_, int64_t B, int64_t H,   \

@@ -56,7 +56,7 @@ _SIGNATURES = {  # name: argument types (pointers, then sizes)
     "gru_forward": [_P] * 7 + [_N] * 2,
     "gru_backward_direct": [_P] * 8 + [_N] * 2,
     "tanh": [_P, _N],
-    "lstm_forward_sequence": [_P] * 6 + [_N] * 6,
+    "lstm_forward_sequence": [_P] * 3 + [_N] + [_P] * 5 + [_N] * 6,
     "lstm_backward_sequence": [_P] * 7 + [_N] * 6,
     "gru_forward_sequence": [_P] * 7 + [_N] * 6,
     "gru_backward_sequence": [_P] * 9 + [_N] * 6,
@@ -238,14 +238,21 @@ def _contiguous(*tensors):
     return [t.data_ptr() if t is not None else None for t in tensors]
 
 
-def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse):
+def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None, weight_ih=None):
     """Every step of LSTMFunction.forward (no projection): acts (N, 4H) = x W_ihᵀ, in place to the
     activations; bias (4H,) = b_ih + b_hh, added in each step, or None (then acts holds it already);
-    h, c histories (N + B, H) with the initial states in place; k (N, 5H) or None."""
+    h, c histories (N + B, H) with the initial states in place; k (N, 5H) or None.
+
+    With x (N, I) and weight_ih (4H, I), each step computes its own x_t W_ihᵀ together with its
+    recurrent matmul, and acts is then only where f goes for the backward (its other columns are left
+    as they are), or None when no backward follows."""
     H = c.shape[1]
     threads, by_rows = split(batch, H)
-    _fn("lstm_forward_sequence", acts)(*_contiguous(acts, bias, h, c, k, weight_hh), acts.shape[0] // batch, batch,
-                                       H, reverse, threads, by_rows)
+    steps = (acts if x is None else x).shape[0] // batch
+    I = 0 if x is None else x.shape[1]
+    like = h
+    _fn("lstm_forward_sequence", like)(*_contiguous(acts, x, weight_ih), I, *_contiguous(bias, h, c, k, weight_hh),
+                                       steps, batch, H, reverse, threads, by_rows)
 
 
 def lstm_backward_sequence(d_out, dh, dc, k, acts, dz, weight_hh, batch, reverse):

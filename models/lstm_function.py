@@ -90,14 +90,21 @@ class LSTMFunction(torch.autograd.Function):
         c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
         # z without its recurrent part for all steps, in one matmul; each step adds h_prev W_hhᵀ in
         # place and turns z into the activations i | f | g | o in place.
-        # The sequence kernel adds b_ih + b_hh in each step itself, where it reads z anyway.
+        # The sequence kernel adds b_ih + b_hh in each step itself, where it reads z anyway, and for a
+        # narrow input computes x W_ihᵀ there too (`steps_project_input`).
         sequence = weight_hr is None and whole_sequence(layout, x)
-        acts = input_projection(x, weight_ih) if sequence else input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
+        if not sequence:
+            acts = input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
+        elif steps_project_input(x):
+            acts = workspace.empty(x, layout.N, 4 * H)  # (N, 4H): only f is written, for the backward
+        else:
+            acts = input_projection(x, weight_ih)  # (N, 4H)
         k = workspace.empty(acts, layout.N, 5 * H) if for_backward else None  # (N, 5H): k_i|k_f|k_g|k_o|k_c
         h_prevs = m_buf = None
         if sequence:
+            inputs = (x.contiguous(), weight_ih.contiguous()) if steps_project_input(x) else (None, None)
             cpu_kernels.lstm_forward_sequence(acts, summed_bias(bias_ih, bias_hh), h_buf, c_buf, k,
-                                              weight_hh.contiguous(), layout.B, reverse)
+                                              weight_hh.contiguous(), layout.B, reverse, *inputs)
         else:
             h_prevs, m_buf = _forward_steps(layout, acts, k, weight_hh, weight_hr, (outs, h_init), (c_outs, c_init))
 
@@ -137,6 +144,15 @@ class LSTMFunction(torch.autograd.Function):
 
 # The forward without a backward runs chunks of about this many bytes of z (`_forward_in_chunks`).
 CHUNK_BYTES = 16 << 20
+# Inputs up to this size are projected inside the sequence kernel, step by step, together with the
+# recurrent matmul ([x_t | h_prev] [W_ih | W_hh]ᵀ): for a narrow input the whole sequence's x_proj is
+# much more memory than arithmetic, and each step's z then never leaves the cache.
+STEP_INPUT_MAX = 64
+
+
+def steps_project_input(x):
+    """Whether the sequence kernel computes x W_ihᵀ itself, step by step."""
+    return x.shape[1] <= STEP_INPUT_MAX
 
 
 def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, weight_hh):
@@ -147,6 +163,11 @@ def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, wei
     reuses while it is still in cache, instead of for the whole sequence at once.
     """
     B, T, H = layout.B, layout.T, h_buf.shape[1]
+    if steps_project_input(x):  # no x_proj at all: every step projects its own input
+        cpu_kernels.lstm_forward_sequence(None, summed_bias(bias_ih, bias_hh), h_buf, c_buf, None,
+                                          weight_hh.contiguous(), B, layout.reverse, x.contiguous(),
+                                          weight_ih.contiguous())
+        return
     steps = max(1, CHUNK_BYTES // (B * 4 * H * x.element_size()))
     starts = range(0, T, steps)
     w_hh, bias = weight_hh.contiguous(), summed_bias(bias_ih, bias_hh)

@@ -78,12 +78,15 @@ SPLITS = [(1, True), (2, True), (3, True), (2, False), (3, False)]  # (threads, 
 @pytest.mark.parametrize("hidden", [40, 37])
 @pytest.mark.parametrize("batch", [13, 1])
 def test_sequence_kernels_equal_torch_however_a_step_is_shared(kind, threads, by_rows, bias, hidden, batch,
-                                                                monkeypatch):
+                                                                monkeypatch, input_in_steps=True):
     """Batch 13 and hidden 40 or 37 split into unequal shares: by rows 6 | 7 (or 4 | 4 | 5), by units
-    16 | 24 or 16 | 21 (or 16 | 16 | 8, 16 | 16 | 5): whole and partial weight panels, the matmul
-    kernel's blocks of six rows and its shorter last blocks. Batch 1 takes the matrix–vector route
-    (W_hh read as it lies), where by rows every thread but one has no row. Bidirectional so both
-    directions' loops run, two layers so the second reads the first's output."""
+    into slices that start on a weight panel (whole and partial panels), the matmul kernel's full row
+    blocks and its shorter last ones. Batch 1 takes the matrix–vector route (W_hh read as it lies),
+    where by rows every thread but one has no row. Bidirectional so both directions' loops run, two
+    layers so the second reads the first's output. The LSTM's kernel projects the input itself, step
+    by step, or reads the whole sequence's x W_ihᵀ (`input_in_steps`)."""
+    from models import lstm_function
+    monkeypatch.setattr(lstm_function, "STEP_INPUT_MAX", 64 if input_in_steps else 0)
     monkeypatch.setattr(cpu_kernels, "split", lambda rows, units: (threads, by_rows))
     ours, ref = fused_pair(kind, 3, hidden, num_layers=2, bidirectional=True, bias=bias)
     x, hx = layer_inputs(kind, ours, 6, batch)
@@ -92,12 +95,27 @@ def test_sequence_kernels_equal_torch_however_a_step_is_shared(kind, threads, by
 
 
 @needs_sequences
+@pytest.mark.parametrize("threads,by_rows", SPLITS)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("hidden", [40, 37])
+def test_lstm_sequence_kernel_on_a_projected_input_equals_torch(threads, by_rows, bias, hidden, monkeypatch):
+    """The LSTM's kernel with x W_ihᵀ computed for the whole sequence first (the route of wide inputs),
+    shared among threads in every way as above."""
+    test_sequence_kernels_equal_torch_however_a_step_is_shared("lstm", threads, by_rows, bias, hidden, 13,
+                                                               monkeypatch, input_in_steps=False)
+
+
+@needs_sequences
 @pytest.mark.parametrize("chunk_steps", [1, 3, 7])
 @pytest.mark.parametrize("threads,by_rows", [(1, True), (2, True), (2, False)])
-def test_lstm_forward_without_grad_in_chunks_equals_torch(chunk_steps, threads, by_rows, monkeypatch):
+@pytest.mark.parametrize("input_in_steps", [True, False])
+def test_lstm_forward_without_grad_in_chunks_equals_torch(chunk_steps, threads, by_rows, input_in_steps,
+                                                          monkeypatch):
     """Without a backward the LSTM runs its sequence a chunk of steps at a time: chunks of 1, of 3
-    (7 steps: 3 + 3 + 1) and of all 7 steps, both directions, give torch.nn's outputs and states."""
+    (7 steps: 3 + 3 + 1) and of all 7 steps, both directions, give torch.nn's outputs and states; or,
+    projecting its input step by step, the whole sequence in one call."""
     from models import lstm_function
+    monkeypatch.setattr(lstm_function, "STEP_INPUT_MAX", 64 if input_in_steps else 0)
     monkeypatch.setattr(cpu_kernels, "split", lambda batch, hidden: (threads, by_rows))
     monkeypatch.setattr(lstm_function, "CHUNK_BYTES", chunk_steps * 5 * 4 * 40 * 8)  # B · 4H · 8 bytes a step
     ours, ref = fused_pair("lstm", 3, 40, num_layers=2, bidirectional=True)
