@@ -21,9 +21,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from models.kinds import COMMAND_IMPLS
+from models.kinds import COMMAND_IMPLS, KINDS
 
-CELLS = ("lstm", "gru", "rnn")
+CELLS = tuple(KINDS)  # rnn, lstm, gru
 # The implementation names of models.kinds, the layers' `impl=` and the benchmark's: "ours" (= "auto")
 # our layers as a user gets them, "fused" and "readable" forced onto one path, "torch" torch.nn.
 IMPLS = COMMAND_IMPLS
