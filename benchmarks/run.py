@@ -196,8 +196,8 @@ def make_inputs(cell: str, shape: Shape, device: torch.device, dtype: torch.dtyp
     new = lambda *size: torch.randn(*size, device=device, dtype=dtype)  # noqa: E731
     x = new(T, B, I).requires_grad_()  # (T, B, I)
     # Non-zero initial states, so the check also covers how h_0 (and c_0) enter the first step.
-    states = (new(1, B, H), new(1, B, H)) if cell == "lstm" else (new(1, B, H),)
-    hx = states if cell == "lstm" else states[0]
+    states = tuple(new(1, B, H) for _ in range(KINDS[cell].states))  # (h_0,) or (h_0, c_0)
+    hx = states if KINDS[cell].has_cell_state else states[0]
     grad_states = tuple(new(1, B, H) for _ in states)  # each (1, B, H)
     return Inputs(x, hx, new(T, B, H), grad_states)
 

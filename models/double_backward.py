@@ -26,25 +26,34 @@ def needs_autograd(*grads):
     return torch.is_grad_enabled() or any(g is not None and _is_batched_or_wrapped(g) for g in grads)
 
 
+# Each Function's tensor arguments in apply order, by name: what the backward differentiates, and
+# the names under which a Function reads its saved tensors and ctx.needs_input_grad
+# (`dict(zip(INPUTS[mode], ...))`; needs_input_grad's non-tensor arguments come after these).
+INPUTS = {
+    "LSTM": ("x", "weight_ih", "bias_ih", "h0", "c0", "weight_hh", "bias_hh", "weight_hr"),
+    "GRU": ("x", "weight_ih", "bias_ih", "h0", "weight_hh", "bias_hh"),
+    "RNN": ("x", "weight_ih", "bias_ih", "h0", "weight_hh", "bias_hh"),
+}
+
+
 def backward_by_autograd(ctx, mode, inputs, grads, nonlinearity="tanh"):
     """The gradients of the saved `inputs` by autograd through the readable step: differentiable again.
 
-    inputs: the Function's tensor arguments in apply order (x, weight_ih, bias_ih, h0, [c0,] weight_hh,
-    bias_hh[, weight_hr]); grads: the gradients of its outputs. The forward is recomputed through
+    inputs: the Function's tensors by name (a dict holding at least INPUTS[mode]; other entries are
+    ignored), or its tensor arguments in apply order; grads: the gradients of its outputs. Returns
+    one gradient per name of INPUTS[mode], in order. The forward is recomputed through
     `readable_direction`, which equals the hand-derived Functions (the tests prove both equal to
     torch.nn), and differentiated with create_graph when grad mode is on.
     """
-    if mode == "LSTM":
-        x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr = inputs
-        state = (h0, c0)
-    else:
-        x, weight_ih, bias_ih, h0, weight_hh, bias_hh = inputs
-        state, weight_hr = (h0,), None
-    need = ctx.needs_input_grad[: len(inputs)]
-    wanted = [t for t, n in zip(inputs, need) if n]
+    names = INPUTS[mode]
+    given = inputs if isinstance(inputs, dict) else dict(zip(names, inputs))
+    state = tuple(given[name] for name in ("h0", "c0") if name in names)  # (h0,) or (h0, c0)
+    need = ctx.needs_input_grad[: len(names)]
+    wanted = [given[name] for name, n in zip(names, need) if n]
     with torch.enable_grad():
-        out, finals = readable_direction(mode, x, weight_ih, bias_ih, ctx.layout.sizes, state, weight_hh, bias_hh,
-                                         weight_hr, ctx.layout.reverse, nonlinearity)
+        out, finals = readable_direction(mode, given["x"], given["weight_ih"], given["bias_ih"], ctx.layout.sizes,
+                                         state, given["weight_hh"], given["bias_hh"], given.get("weight_hr"),
+                                         ctx.layout.reverse, nonlinearity)
     pairs = [(o, g) for o, g in zip((out, *finals), grads) if g is not None]
     got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
                                    create_graph=torch.is_grad_enabled(), allow_unused=True))

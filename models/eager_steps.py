@@ -5,7 +5,8 @@ Each function has the name, arguments and effect of the compiled kernel of the s
 calls `kernels.lstm_forward_step(...)` whatever the backend. These run wherever torch runs (half
 precision, devices without the kernels); the tests run the fast path with them against torch.nn
 (`models.backends.CPU_KERNELS = "never"`). The equations are the Functions' (models/lstm_function.py,
-models/gru_function.py), in their names; every tensor is a (b, ·) block of the step's rows.
+models/gru_function.py), in their names; every tensor is a (b, ·) block of the step's rows. Here `z`
+is the LSTM's pre-activation, the kernels' argument name, so the GRU's update gate z is `z_gate`.
 """
 import torch
 
@@ -47,26 +48,27 @@ def lstm_backward_step(dm, d_out, dc, k, acts, dz):
 
 
 def gru_forward_step(hh, x_t, bias_hh, h_prev, rz, n, h):
-    """hh (b, 3H) = h_prev W_hhᵀ gets b_hh added (the backward reads hh_n with b_hn); writes r | z
+    """hh (b, 3H) = h_prev W_hhᵀ gets b_hh added (the backward reads hh_n with b_hn); writes r | z_gate
     (b, 2H), n and h (b, H). x_t (b, 3H) = x_proj = x W_ihᵀ + b_ih."""
     H = h.shape[1]
     if bias_hh is not None:
         hh.add_(bias_hh)  # hh = h_prev W_hhᵀ + b_hh
-    torch.add(x_t[:, : 2 * H], hh[:, : 2 * H], out=rz).sigmoid_()  # r = σ(x_r + hh_r), z = σ(x_z + hh_z)
-    r, z = rz.split(H, 1)
+    torch.add(x_t[:, : 2 * H], hh[:, : 2 * H], out=rz).sigmoid_()  # r = σ(x_r + hh_r), z_gate = σ(x_z + hh_z)
+    r, z_gate = rz.split(H, 1)
     torch.mul(r, hh[:, 2 * H :], out=n).add_(x_t[:, 2 * H :]).tanh_()  # n = tanh(x_n + r ⊙ hh_n)
-    torch.lerp(n, h_prev, z, out=h)  # h = (1 − z) ⊙ n + z ⊙ h_prev
+    torch.lerp(n, h_prev, z_gate, out=h)  # h = (1 − z_gate) ⊙ n + z_gate ⊙ h_prev
 
 
 def gru_backward_step(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn):
-    """d_hh (b, 3H) and d_xn = dn_pre (b, H) from dh + d_out; dh in place to dh ⊙ z, the direct part of
+    """d_hh (b, 3H) and d_xn = dn_pre (b, H) from dh + d_out; dh in place to dh ⊙ z_gate, the direct part of
     dh_prev (the caller adds d_hh W_hh). rz, n, hh: the forward's; h_prev: the step's previous state."""
     H = dh.shape[1]
-    r, z = rz.split(H, 1)
+    r, z_gate = rz.split(H, 1)
     hh_n = hh[:, 2 * H :]
     d = dh.add_(d_out)  # d = dh + d_out
-    dn_pre = torch.mul(d, 1 - z, out=d_xn).mul_(1 - n * n)  # dn_pre = d (1 − z)(1 − n²)
+    dn_pre = torch.mul(d, 1 - z_gate, out=d_xn).mul_(1 - n * n)  # dn_pre = d (1 − z_gate)(1 − n²)
     torch.mul(dn_pre, hh_n, out=d_hh[:, :H]).mul_(r * (1 - r))  # d hh_r = dn_pre hh_n r (1 − r)
-    torch.mul(d, h_prev - n, out=d_hh[:, H : 2 * H]).mul_(z * (1 - z))  # d hh_z = d (h_prev − n) z (1 − z)
+    # d hh_z = d (h_prev − n) z_gate (1 − z_gate)
+    torch.mul(d, h_prev - n, out=d_hh[:, H : 2 * H]).mul_(z_gate * (1 - z_gate))
     torch.mul(dn_pre, r, out=d_hh[:, 2 * H :])  # d hh_n = dn_pre ⊙ r
-    dh.mul_(z)  # dh_prev (direct) = d ⊙ z
+    dh.mul_(z_gate)  # dh_prev (direct) = d ⊙ z_gate

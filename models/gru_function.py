@@ -8,10 +8,13 @@ import torch
 
 from . import cpu_kernels, triton_kernels
 from .backends import step_kernels, whole_sequence
-from .double_backward import backward_by_autograd, needs_autograd
+from .double_backward import INPUTS, backward_by_autograd, needs_autograd
 from .layout import Layout, grad_buffer
 from .projection import input_grads, input_projection
 from .workspace import workspace
+
+# What forward saves, in order: the inputs, then what the backward reads (h_prev: every step's).
+SAVED = (*INPUTS["GRU"], "rz", "n", "hh", "h_prev")
 
 
 class GRUFunction(torch.autograd.Function):
@@ -81,10 +84,11 @@ class GRUFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
-        saved = ctx.saved_tensors
+        saved = dict(zip(SAVED, ctx.saved_tensors))
         if needs_autograd(d_out, d_hn):
-            return backward_by_autograd(ctx, "GRU", saved[:6], (d_out, d_hn)) + (None,) * 2
-        x, weight_ih, _, _, weight_hh, _, rz, n, hh, h_prev = saved
+            return backward_by_autograd(ctx, "GRU", saved, (d_out, d_hn)) + (None,) * 2
+        x, weight_ih, weight_hh = saved["x"], saved["weight_ih"], saved["weight_hh"]
+        rz, n, hh, h_prev = saved["rz"], saved["n"], saved["hh"], saved["h_prev"]
         layout = ctx.layout
         N, H = layout.N, n.shape[1]
         d_hh = workspace.empty(rz, N, 3 * H)  # (N, 3H): d hh = [dr_pre | dz_pre | dn_pre ⊙ r]
@@ -99,13 +103,13 @@ class GRUFunction(torch.autograd.Function):
         else:
             _backward_steps(layout, d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh)
 
-        need = ctx.needs_input_grad
+        need = dict(zip(INPUTS["GRU"], ctx.needs_input_grad))
         d_x, d_w_ih, d_b_ih = (None, None, None)
-        if any(need[:3]):
+        if need["x"] or need["weight_ih"] or need["bias_ih"]:
             d_proj = torch.cat((d_hh[:, : 2 * H], d_xn), 1)  # (N, 3H): d x_proj = [dr_pre | dz_pre | dn_pre]
-            d_x, d_w_ih, d_b_ih = input_grads(need, d_proj, x, weight_ih, (need[2],))
-        d_w_hh = torch.mm(d_hh.t(), h_prev) if need[4] else None  # dW_hh = d HHᵀ H_prev  (3H, H)
-        d_b_hh = d_hh.sum(0) if need[5] else None  # db_hh = Σ d HH  (3H,)
+            d_x, d_w_ih, d_b_ih = input_grads(ctx.needs_input_grad, d_proj, x, weight_ih, (need["bias_ih"],))
+        d_w_hh = torch.mm(d_hh.t(), h_prev) if need["weight_hh"] else None  # dW_hh = d HHᵀ H_prev  (3H, H)
+        d_b_hh = d_hh.sum(0) if need["bias_hh"] else None  # db_hh = Σ d HH  (3H,)
         return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None
 
 
@@ -139,9 +143,9 @@ def _backward_steps_from_factors(layout, d_out, dh, rz, n, hh, h_prev, d_hh, d_x
     r, z = rz.chunk(2, 1)  # each (N, H)
     k_n = (1 - z) * (1 - n * n)  # (N, H): ∂h/∂n_pre
     k = workspace.empty(rz, N, 3, H)  # (N, 3, H): ∂h/∂hh_r, ∂h/∂hh_z, ∂h/∂hh_n
-    torch.mul(k_n * hh[:, 2 * H :], r * (1 - r), out=k[:, 0])
-    torch.mul(h_prev - n, z * (1 - z), out=k[:, 1])
-    torch.mul(k_n, r, out=k[:, 2])
+    torch.mul(k_n * hh[:, 2 * H :], r * (1 - r), out=k[:, 0])  # k_r = ∂h/∂hh_r = k_n ⊙ hh_n ⊙ r(1 − r)
+    torch.mul(h_prev - n, z * (1 - z), out=k[:, 1])  # k_z = ∂h/∂hh_z = (h_prev − n) ⊙ z(1 − z)
+    torch.mul(k_n, r, out=k[:, 2])  # k_hn = ∂h/∂hh_n = k_n ⊙ r
     d_outs, ks, k_ns, rzs = layout.split(d_out), layout.split(k.view(N, 3 * H)), layout.split(k_n), layout.split(rz)
     d_hhs, d_xns, dhs = layout.split(d_hh), layout.split(d_xn), layout.heads(dh)
     for t in layout.back_order:

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from cells import gru_step, lstm_step, rnn_step
 from cells._base import init_uniform
 from cells._checks import (ShapeError, autocast_enabled, check_bool, check_dtype, check_floating, check_size,
                            shape_str)
@@ -311,17 +310,15 @@ class RNNBase(nn.Module):
             raise ShapeError(f"gate_trace: x must have shape (seq_len, {self.input_size}), got {shape_str(x)}")
         w_ih, w_hh, b_ih, b_hh, w_hr = self._weights(0, 0)
         x_proj = F.linear(x, w_ih, b_ih).unsqueeze(1)  # (T, 1, G·H)
+        kind = BY_MODE[self.mode]
+        step = kind.readable_step(w_hh, b_hh, w_hr, self.nonlinearity)
         h = x.new_zeros(1, self.proj_size or self.hidden_size)
-        c = x.new_zeros(1, self.hidden_size)
+        state = (h, x.new_zeros(1, self.hidden_size)) if kind.has_cell_state else (h,)  # (h, c) or (h,)
         trace = {}
         for x_t in x_proj:
             gates = {}
-            if self.mode == "LSTM":
-                h, c = lstm_step(x_t, h, c, w_hh, b_hh, w_hr, gates=gates)
-            elif self.mode == "GRU":
-                h = gru_step(x_t, h, w_hh, b_hh, gates=gates)
-            else:
-                h = rnn_step(x_t, h, w_hh, b_hh, self.nonlinearity, gates=gates)
+            state = step(x_t, *state, gates=gates)
+            state = state if isinstance(state, tuple) else (state,)
             for k, v in gates.items():
                 trace.setdefault(k, []).append(v[0])
         return {k: torch.stack(v) for k, v in trace.items()}

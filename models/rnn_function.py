@@ -8,10 +8,13 @@ import torch
 
 from . import cpu_kernels
 from .backends import step_kernels, whole_sequence
-from .double_backward import backward_by_autograd, needs_autograd
+from .double_backward import INPUTS, backward_by_autograd, needs_autograd
 from .layout import Layout, grad_buffer
 from .projection import input_grads, input_projection
 from .workspace import workspace
+
+# What forward saves, in order: the inputs, then every step's h (`out`) and h_prev.
+SAVED = (*INPUTS["RNN"], "out", "h_prev")
 
 
 class RNNFunction(torch.autograd.Function):
@@ -62,11 +65,12 @@ class RNNFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
-        saved = ctx.saved_tensors
+        saved = dict(zip(SAVED, ctx.saved_tensors))
         if needs_autograd(d_out, d_hn):
             nonlinearity = "relu" if ctx.relu else "tanh"
-            return backward_by_autograd(ctx, "RNN", saved[:6], (d_out, d_hn), nonlinearity) + (None,) * 3
-        x, weight_ih, _, _, weight_hh, _, out, h_prev = saved
+            return backward_by_autograd(ctx, "RNN", saved, (d_out, d_hn), nonlinearity) + (None,) * 3
+        x, weight_ih, weight_hh = saved["x"], saved["weight_ih"], saved["weight_hh"]
+        out, h_prev = saved["out"], saved["h_prev"]
         layout = ctx.layout
         N, H = layout.N, out.shape[1]
         dz = workspace.empty(out, N, H)  # (N, H): dz = d x_proj
@@ -83,7 +87,8 @@ class RNNFunction(torch.autograd.Function):
                 torch.mul(dh_t.add_(d_out_t), slope_t, out=dz_t)  # dz = (dh + d_out) ⊙ φ'
                 torch.mm(dz_t, weight_hh, out=dh_t)  # dh_prev = dz W_hh  (b, H)
 
-        need = ctx.needs_input_grad
-        d_x, d_w_ih, d_b_ih, d_b_hh = input_grads(need, dz, x, weight_ih, (need[2], need[5]))
-        d_w_hh = torch.mm(dz.t(), h_prev) if need[4] else None  # dW_hh = dZᵀ H_prev  (H, H)
+        need = dict(zip(INPUTS["RNN"], ctx.needs_input_grad))
+        d_x, d_w_ih, d_b_ih, d_b_hh = input_grads(ctx.needs_input_grad, dz, x, weight_ih,
+                                                  (need["bias_ih"], need["bias_hh"]))
+        d_w_hh = torch.mm(dz.t(), h_prev) if need["weight_hh"] else None  # dW_hh = dZᵀ H_prev  (H, H)
         return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None, None

@@ -6,12 +6,10 @@ batch is the special case batch_sizes = [B] * T. At step t only the first batch_
 are still running; the others keep their state, which is how each sequence ends with its own final
 state (and, running backwards, starts from its own initial state).
 """
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 
-from cells import gru_step, lstm_step, rnn_step
+from .kinds import BY_MODE
 
 
 def unroll(step, x_proj, batch_sizes, state, reverse=False):
@@ -45,10 +43,5 @@ def readable_direction(mode, x, weight_ih, bias_ih, batch_sizes, state, weight_h
     (double backward, forward-mode AD, torch.func, autocast, tracing, torch.compile).
     """
     x_proj = F.linear(x, weight_ih, bias_ih)  # (N, G·H): the whole sequence's input in one matmul
-    if mode == "LSTM":
-        step = partial(lstm_step, weight_hh=weight_hh, bias_hh=bias_hh, weight_hr=weight_hr)
-    elif mode == "GRU":
-        step = partial(gru_step, weight_hh=weight_hh, bias_hh=bias_hh)
-    else:
-        step = partial(rnn_step, weight_hh=weight_hh, bias_hh=bias_hh, nonlinearity=nonlinearity)
+    step = BY_MODE[mode].readable_step(weight_hh, bias_hh, weight_hr, nonlinearity)
     return unroll(step, x_proj, batch_sizes, state, reverse)

@@ -19,6 +19,23 @@ def test_each_kind_names_classes_that_match(name):
     assert kind.cell(3, 5).weight_hh.shape == kind.torch_cell(3, 5).weight_hh.shape == (kind.gates * 5, 5)
 
 
+@pytest.mark.parametrize("name", KINDS)
+def test_each_kind_names_its_readable_step_and_states(name):
+    """kind.readable_step with a cell's weights bound is that cell's step: torch.nn's cell's output."""
+    kind = KINDS[name]
+    torch.manual_seed(0)
+    reference = kind.torch_cell(3, 5, dtype=torch.float64)  # nn.RNNCell (tanh), nn.LSTMCell, nn.GRUCell
+    ours = kind.cell(3, 5, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, dtype=torch.float64)
+    states = tuple(torch.randn(2, 5, dtype=torch.float64) for _ in range(kind.states))  # (h,) or (h, c)
+    step = kind.readable_step(ours.weight_hh, ours.bias_hh)
+    got = step(torch.nn.functional.linear(x, ours.weight_ih, ours.bias_ih), *states)
+    expected = reference(x, states if kind.has_cell_state else states[0])
+    torch.testing.assert_close(got, expected)
+    assert kind.has_cell_state == (name == "lstm")
+
+
 def test_one_vocabulary_of_implementations():
     assert set(IMPLS) == {"auto", "fused", "readable"}
     assert set(COMMAND_IMPLS) == {*IMPLS, "ours", "torch"}

@@ -310,6 +310,26 @@ def test_resume_equals_uninterrupted_mnist(mnist_dir, tmp_path, stop_after):
     _same_run(whole, parts)
 
 
+def test_resume_reads_a_format_1_checkpoint(mnist_dir, tmp_path):
+    """A checkpoint from before the history's running sums were named (lists by position) resumes
+    exactly as one of today's."""
+    from train import checkpoint
+
+    common = ["--epochs", "2", "--log-every", "4"]  # step 6: mid epoch 2, two steps into an interval
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli.main(small_mnist(mnist_dir, whole, *common)) == 0
+    assert cli.main(small_mnist(mnist_dir, parts, *common, "--stop-after-steps", "6")) == 130
+    path = parts / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    history = state["history"]
+    assert history["interval"]["count"] > 0 and history["partial_epoch"]["count"] > 0
+    history["partial_epoch"] = [history["partial_epoch"][k] for k in ("loss", "correct", "count")]
+    history["interval"] = [history["interval"]["loss"], history["interval"]["count"]]
+    checkpoint.save_atomic({**state, "format": 1}, path)
+    assert cli.main(small_mnist(mnist_dir, parts, *common, "--resume")) == 0
+    _same_run(whole, parts)
+
+
 def test_resume_equals_uninterrupted_sine_tbptt(tmp_path):
     common = ["--chunk", "10", "--burn-in", "5", "--epochs", "2", "--log-every", "1"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"

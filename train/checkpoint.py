@@ -19,7 +19,9 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
-FORMAT = 1
+# 2: the running sums in the history are dicts by name ({"loss", "correct", "count"}); format 1 kept
+# them as lists by position and is converted on load (`_from_format_1`).
+FORMAT = 2
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -55,9 +57,23 @@ def load(path: pathlib.Path) -> dict[str, Any]:
             f"same --out folder; start without --resume to train from scratch."
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and state.get("format") == 1:
+        state = _from_format_1(state)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path.absolute()} is not a checkpoint written by this version of `train`.")
     return state
+
+
+def _from_format_1(state: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 checkpoint in format 2: its history held the epoch's running sums mid-epoch as
+    [loss, correct, count] and the logging interval's as [loss, count]."""
+    history = state.get("history", {})
+    if "partial_epoch" in history:
+        history["partial_epoch"] = dict(zip(("loss", "correct", "count"), history["partial_epoch"]))
+    if "interval" in history:
+        loss, count = history["interval"]
+        history["interval"] = {"loss": loss, "correct": 0.0, "count": count}
+    return {**state, "format": FORMAT}
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """`python -m train mnist|sine [options]`: the command line, from argv to a finished run.
 
-    python -m train mnist                      # 1×128 LSTM on MNIST rows, ≥ 99.2 % within 10 minutes
+    python -m train mnist                      # 1×128 LSTM on MNIST rows (what it reaches: README.md, "Results")
     python -m train mnist --cell gru --impl torch
     python -m train mnist --preset lstm128x2   # a classic tutorial setup (see --help for the list)
-    python -m train sine                       # sin → cos regression, test MSE ≤ 1e-4 within 2 minutes
+    python -m train sine                       # sin → cos regression
     torchrun --nproc_per_node=2 -m train mnist # the same, on 2 processes (see README.md, "Scaling out")
 
 `main(argv)` returns the exit status instead of exiting, so tests drive it in-process. Options not

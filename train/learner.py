@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.kinds import KINDS
 from models.unroll import unroll
 
 
@@ -29,6 +30,7 @@ class LearnerLayer(nn.Module):
                  bidirectional=False):
         super().__init__()
         self.kind, self.input_size, self.hidden_size = kind, input_size, hidden_size
+        self.has_cell_state, self.states = KINDS[kind].has_cell_state, KINDS[kind].states  # LSTM: (h, c)
         self.num_layers, self.dropout, self.bidirectional = num_layers, dropout, bidirectional
         directions = 2 if bidirectional else 1
         # cells[layer · D + direction], as torch.nn orders h_n
@@ -47,21 +49,20 @@ class LearnerLayer(nn.Module):
 
     def _step(self, cell):
         """The step `models.unroll` calls: x_t (b, I) and the states -> the new states."""
-        if self.kind == "lstm":
+        if self.has_cell_state:
             return lambda x_t, h, c: tuple(cell(x_t, (h, c)))
         return lambda x_t, h: cell(x_t, h)
 
     def forward(self, x, state=None):
         batch, steps = x.shape[0], x.shape[1]
         directions = 2 if self.bidirectional else 1
-        count = 2 if self.kind == "lstm" else 1
         if state is None:
             zeros = x.new_zeros(self.num_layers * directions, batch, self.hidden_size)  # (L·D, B, H)
-            state = (zeros,) * count
-        elif self.kind != "lstm":
+            state = (zeros,) * self.states
+        elif not self.has_cell_state:
             state = (state,)
         seq = x.transpose(0, 1).reshape(steps * batch, x.shape[2])  # (T·B, I): unroll's time-major layout
-        finals = [[] for _ in range(count)]
+        finals = [[] for _ in range(self.states)]
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(directions):
@@ -76,7 +77,7 @@ class LearnerLayer(nn.Module):
                 seq = nn.functional.dropout(seq, self.dropout, training=True)
         output = seq.reshape(steps, batch, -1).transpose(0, 1)  # (B, T, D·H)
         final_states = tuple(torch.stack(f) for f in finals)  # each (L·D, B, H)
-        return output, (final_states if self.kind == "lstm" else final_states[0])
+        return output, (final_states if self.has_cell_state else final_states[0])
 
     @torch.no_grad()
     def gate_trace(self, x):
@@ -88,10 +89,10 @@ class LearnerLayer(nn.Module):
         h = c = x.new_zeros(1, self.hidden_size)
         trace = {}
         for x_t in x:
-            out = cell(x_t.unsqueeze(0), (h, c) if self.kind == "lstm" else h)
-            h, c = out if self.kind == "lstm" else (out, c)
+            out = cell(x_t.unsqueeze(0), (h, c) if self.has_cell_state else h)
+            h, c = out if self.has_cell_state else (out, c)
             shown = {k: v for k, v in (getattr(cell, "gates", None) or {}).items() if isinstance(v, torch.Tensor)}
-            shown.update(h=h, **({"c": c} if self.kind == "lstm" else {}))
+            shown.update(h=h, **({"c": c} if self.has_cell_state else {}))
             for name, value in shown.items():
                 trace.setdefault(name, []).append(value.reshape(-1).float().cpu())
         return {name: torch.stack(values) for name, values in trace.items()}

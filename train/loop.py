@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Optional
 
 import torch
@@ -174,6 +174,30 @@ def sine_error(pred: torch.Tensor, target: torch.Tensor, start: int, burn_in: in
     return (pred[:, skip:] - target[:, skip:]).square()  # (B, T', 1)
 
 
+@dataclass
+class EvalSums:
+    """What `evaluate` adds up over the test set, each a float64 scalar on the device: 10000
+    per-sample losses summed in float32 would round the mean, and staying on the device keeps the
+    loop free of syncs."""
+
+    loss: torch.Tensor  # mnist: cross-entropy; sine: squared error after the burn-in
+    correct: torch.Tensor  # mnist: right answers
+    count: torch.Tensor  # mnist: samples; sine: points after the burn-in
+    error_all_steps: torch.Tensor  # sine: squared error over every step
+    points_all_steps: torch.Tensor  # sine: every step's points
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "EvalSums":
+        return cls(*(torch.zeros((), dtype=torch.float64, device=device) for _ in fields(cls)))
+
+    def summed_over_ranks(self, dist: Dist) -> dict[str, float]:
+        """The sums over every rank, in one collective, by field name."""
+        names = [f.name for f in fields(self)]
+        values = torch.stack([getattr(self, name) for name in names])  # (5,)
+        distributed.all_sum(values, dist)
+        return dict(zip(names, values.tolist()))
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: Data, config: Config, dist: Dist) -> dict[str, float]:
     """Test loss and accuracy (mnist) or MSE (sine), each rank scoring every world_size-th sample."""
@@ -182,31 +206,30 @@ def evaluate(model: torch.nn.Module, data: Data, config: Config, dist: Dist) -> 
     model.eval()
     device = data.x_test.device
     indices = distributed.shard(torch.arange(len(data.x_test)), dist)
-    # Summed in float64: 10000 per-sample losses in float32 would round the mean.
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss/sq-error, correct/all-steps sq, count, steps
+    sums = EvalSums.zeros(device)
     for start in range(0, len(indices), EVAL_BATCH):
         idx = indices[start : start + EVAL_BATCH].to(device)
         x, y = data.x_test[idx], data.y_test[idx]
         if config.task == "mnist":
             logits = model(x)  # (B, 10)
-            sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-            sums[1] += (logits.argmax(1) == y).sum()
-            sums[2] += len(idx)
+            sums.loss += F.cross_entropy(logits, y, reduction="sum").double()
+            sums.correct += (logits.argmax(1) == y).sum()
+            sums.count += len(idx)
         else:
             pred, _ = model(x)  # (B, T, 1)
             err = sine_error(pred, y, 0, config.burn_in)
-            sums[0] += err.sum().double()
-            sums[1] += (pred - y).square().sum().double()
-            sums[2] += err.numel()
-            sums[3] += pred.numel()
-    distributed.all_sum(sums, dist)
+            sums.loss += err.sum().double()
+            sums.count += err.numel()
+            sums.error_all_steps += (pred - y).square().sum().double()
+            sums.points_all_steps += pred.numel()
+    total = sums.summed_over_ranks(dist)
     model.train(was_training)
     if config.task == "mnist":
-        count = max(sums[2].item(), 1)
-        return {"test_loss": sums[0].item() / count, "test_accuracy": sums[1].item() / count}
+        count = max(total["count"], 1)
+        return {"test_loss": total["loss"] / count, "test_accuracy": total["correct"] / count}
     return {
-        "test_mse": sums[0].item() / max(sums[2].item(), 1),
-        "test_mse_all_steps": sums[1].item() / max(sums[3].item(), 1),
+        "test_mse": total["loss"] / max(total["count"], 1),
+        "test_mse_all_steps": total["error_all_steps"] / max(total["points_all_steps"], 1),
     }
 
 
@@ -310,6 +333,8 @@ class Progress:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
+    # The records so far; a checkpoint also keeps the running Sums, as dicts (asdict): "interval",
+    # the loss since the last logged point, and mid-epoch "partial_epoch", the epoch's so far.
     history: dict = field(default_factory=lambda: {"epochs": [], "logged_steps": [], "logged_loss": []})
     seconds_before: float = 0.0  # wall time of the runs this one resumes
 
@@ -453,9 +478,9 @@ def _train_epoch(session: Session, progress: Progress, stop: "_StopFlag", stop_a
     epoch_start = time.perf_counter()
     # The epoch's sums, and the loss since the last logged point: a checkpoint taken mid-epoch carries
     # both over, so a resumed run logs the same points as an uninterrupted one.
-    sums = Sums(*history.pop("partial_epoch")) if progress.step_in_epoch and "partial_epoch" in history else Sums()
-    history.pop("partial_epoch", None)
-    interval = Sums(history.get("interval", [0.0, 0.0])[0], 0.0, history.get("interval", [0.0, 0.0])[1])
+    partial = history.pop("partial_epoch", None)
+    sums = Sums(**partial) if progress.step_in_epoch and partial else Sums()
+    interval = Sums(**history.get("interval", {}))
     for b, idx in enumerate(epoch_batches(len(session.data.x_train), config, session.generator, session.dist)):
         if b < progress.step_in_epoch:
             continue  # already trained before the checkpoint we resumed from
@@ -467,8 +492,8 @@ def _train_epoch(session: Session, progress: Progress, stop: "_StopFlag", stop_a
             if b % 10 == 0 or progress.step_in_epoch == session.n_batches:
                 bar.set_postfix(_postfix(config, sums), refresh=False)
         if stopping:
-            history["partial_epoch"] = [sums.loss, sums.correct, sums.count]
-            history["interval"] = [interval.loss, interval.count]
+            history["partial_epoch"] = asdict(sums)
+            history["interval"] = asdict(interval)
             _save_checkpoint(session, progress, epoch_generator)
             if bar is not None:
                 bar.close()
@@ -486,15 +511,15 @@ def _train_epoch(session: Session, progress: Progress, stop: "_StopFlag", stop_a
     if not config.quiet:
         session.log(_epoch_line(config, record))
     progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
-    history["interval"] = [interval.loss, interval.count]
+    history["interval"] = asdict(interval)
     _save_checkpoint(session, progress, session.generator.get_state())
     return last_eval
 
 
 def _train_batch(session: Session, progress: Progress, idx: torch.Tensor, b: int, sums: Sums, interval: Sums,
                  stop: "_StopFlag", stop_after_steps) -> bool:
-    """One batch: one optimiser step per chunk of its sequences (one chunk unless --tbptt). Adds to
-    `sums` and `interval`; returns whether the run must stop after this batch."""
+    """One batch: one optimiser step per chunk of its sequences (one chunk unless `--chunk` asks for
+    truncated BPTT). Adds to `sums` and `interval`; returns whether the run must stop after this batch."""
     config, data = session.config, session.data
     x, y = data.x_train[idx], data.y_train[idx]  # (B, T, I), (B,) or (B, T, 1)
     if session.shifts is not None:
