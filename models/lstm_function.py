@@ -8,10 +8,14 @@ import torch
 
 from . import cpu_kernels
 from .backends import step_kernels, whole_sequence
-from .double_backward import backward_by_autograd, needs_autograd
+from .double_backward import INPUTS, backward_by_autograd, needs_autograd
 from .layout import Layout, grad_buffer
 from .projection import input_grads, input_projection, summed_bias
 from .workspace import workspace
+
+
+# What forward saves for backward, in order: its tensor arguments, then its own buffers.
+SAVED = (*INPUTS["LSTM"], "k", "acts", "h_prev", "m_buf")
 
 
 class LSTMFunction(torch.autograd.Function):
@@ -118,10 +122,11 @@ class LSTMFunction(torch.autograd.Function):
         if not ctx.for_backward:
             raise RuntimeError("LSTMFunction ran with for_backward=False, so it saved nothing to backpropagate "
                                "through; call it with for_backward=True when a gradient is wanted")
-        saved = ctx.saved_tensors
+        saved = dict(zip(SAVED, ctx.saved_tensors))
         if needs_autograd(d_out, d_hn, d_cn):
-            return backward_by_autograd(ctx, "LSTM", saved[:8], (d_out, d_hn, d_cn)) + (None,) * 3
-        x, weight_ih, _, _, _, weight_hh, _, weight_hr, k, acts, h_prev, m_buf = saved
+            return backward_by_autograd(ctx, "LSTM", saved, (d_out, d_hn, d_cn)) + (None,) * 3
+        x, weight_ih, weight_hh, weight_hr = saved["x"], saved["weight_ih"], saved["weight_hh"], saved["weight_hr"]
+        k, acts, h_prev, m_buf = saved["k"], saved["acts"], saved["h_prev"], saved["m_buf"]
         layout = ctx.layout
         N, H, P = layout.N, k.shape[1] // 5, h_prev.shape[1]
         dz = workspace.empty(k, N, 4 * H)  # (N, 4H): dz = d x_proj
@@ -135,10 +140,12 @@ class LSTMFunction(torch.autograd.Function):
         else:
             dh_total = _backward_steps(layout, d_out, dh, dc, k, acts, dz, weight_hh, weight_hr)
 
-        need = ctx.needs_input_grad
-        d_x, d_w_ih, d_b_ih, d_b_hh = input_grads(need, dz, x, weight_ih, (need[2], need[6]))
-        d_w_hh = torch.mm(dz.t(), h_prev) if need[5] else None  # dW_hh = dZᵀ H_prev  (4H, P)
-        d_w_hr = torch.mm(dh_total.t(), m_buf) if weight_hr is not None and need[7] else None  # dW_hr = DHᵀ M  (P, H)
+        need = dict(zip(INPUTS["LSTM"], ctx.needs_input_grad))
+        d_x, d_w_ih, d_b_ih, d_b_hh = input_grads(ctx.needs_input_grad, dz, x, weight_ih,
+                                                  (need["bias_ih"], need["bias_hh"]))
+        d_w_hh = torch.mm(dz.t(), h_prev) if need["weight_hh"] else None  # dW_hh = dZᵀ H_prev  (4H, P)
+        d_w_hr = (torch.mm(dh_total.t(), m_buf)  # dW_hr = DHᵀ M  (P, H)
+                  if weight_hr is not None and need["weight_hr"] else None)
         return d_x, d_w_ih, d_b_ih, dh, dc, d_w_hh, d_b_hh, d_w_hr, None, None, None
 
 
