@@ -94,19 +94,20 @@ class LSTMFunction(torch.autograd.Function):
         c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
         # z without its recurrent part for all steps, in one matmul; each step adds h_prev W_hhᵀ in
         # place and turns z into the activations i | f | g | o in place.
-        # The sequence kernel adds b_ih + b_hh in each step itself, where it reads z anyway, and for a
-        # narrow input computes x W_ihᵀ there too (`steps_project_input`).
+        # The sequence kernel adds b_ih + b_hh in each step itself, where it reads z anyway, and may
+        # compute x W_ihᵀ there too (`steps_project_input`).
         sequence = weight_hr is None and whole_sequence(layout, x)
+        project = sequence and steps_project_input(x)
         if not sequence:
             acts = input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
-        elif steps_project_input(x):
+        elif project:
             acts = workspace.empty(x, layout.N, 4 * H)  # (N, 4H): only f is written, for the backward
         else:
             acts = input_projection(x, weight_ih)  # (N, 4H)
         k = workspace.empty(acts, layout.N, 5 * H) if for_backward else None  # (N, 5H): k_i|k_f|k_g|k_o|k_c
         h_prevs = m_buf = None
         if sequence:
-            inputs = (x.contiguous(), weight_ih.contiguous()) if steps_project_input(x) else (None, None)
+            inputs = (x.contiguous(), weight_ih.contiguous()) if project else (None, None)
             cpu_kernels.lstm_forward_sequence(acts, summed_bias(bias_ih, bias_hh), h_buf, c_buf, k,
                                               weight_hh.contiguous(), layout.B, reverse, *inputs)
         else:
@@ -153,7 +154,8 @@ class LSTMFunction(torch.autograd.Function):
 CHUNK_BYTES = 16 << 20
 # Inputs up to this size are projected inside the sequence kernel, step by step, together with the
 # recurrent matmul ([x_t | h_prev] [W_ih | W_hh]ᵀ): for a narrow input the whole sequence's x_proj is
-# much more memory than arithmetic, and each step's z then never leaves the cache.
+# much more memory than arithmetic, and each step's z then never leaves the cache. A wide input's
+# projection is one large matmul that the BLAS runs near the core's peak.
 STEP_INPUT_MAX = 64
 
 
