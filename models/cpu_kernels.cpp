@@ -329,7 +329,9 @@ void tanh_inplace(T* __restrict__ x, int64_t n) {
 // One call runs every step of one direction: per step the recurrent matmul and the row functions
 // above, so a step costs no Python and no torch dispatch. The recurrent weight is packed once per
 // call into column panels (`Packed`) that a small register-blocked kernel (`panel_kernel`) streams
-// through every step. The work of a step is split over `threads` OpenMP threads (torch's own pool:
+// through every step, its other operand (h_prev, or dz) packed a step at a time (`pack_rows`). The
+// LSTM's forward can take the input projection into the same matmul ([x_t | h_prev] [W_ih | W_hh]ᵀ).
+// The work of a step is split over `threads` OpenMP threads (torch's own pool:
 // libgomp is the one torch loaded) in one of two ways:
 //   by rows   each thread owns a slice of the batch for the whole sequence. A row's recurrence reads
 //             only that row (h_prev W_hhᵀ row by row; the backward's dz W_hh too), so the threads

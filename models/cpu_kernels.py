@@ -6,8 +6,10 @@ gate: too small for torch to spread over threads, so each of the ~15 eager ops o
 use a second thread. torch.nn.LSTM on the CPU runs oneDNN's fused LSTM primitive instead. Here the
 gate math of a step is one loop in C++ (`cpu_kernels.cpp`) that the compiler vectorises, and the
 whole time loop — recurrent matmul and gate math of every step — is one call through ctypes, which
-packs W_hh once for the sequence, runs its own small matmul kernel over it every step, and shares
-each step among torch's threads: by batch rows, or by hidden units at small batches (`split`).
+packs W_hh once for the sequence, runs its own small matmul kernel over it every step (in AVX-512
+or AVX2 vectors, whichever the compiler targets), and shares each step among torch's threads: by
+batch rows, or by hidden units at small batches (`split`). For a narrow input the LSTM's call
+computes each step's input projection in the same matmul (`lstm_function.steps_project_input`).
 
 Each step function has the name, arguments and effect of the function of the same name in
 `models.eager_steps` (and of the Triton kernel's in `models.triton_kernels`, but for the GRU's
