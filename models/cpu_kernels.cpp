@@ -126,7 +126,7 @@ inline typename O::V tanh_v(typename O::V x) {  // 2σ(2x) − 1
 }
 
 // lstm_forward_row's formulas (below) for O::width units from unit j on.
-template <typename O, bool TRAINING, bool BIAS>
+template <typename O, bool FOR_BACKWARD, bool BIAS>
 inline void lstm_forward_units(int64_t j, const float* __restrict__ z_i, float* __restrict__ z_f,
                                const float* __restrict__ z_g, const float* __restrict__ z_o,
                                const float* __restrict__ b, const float* __restrict__ c_prev, float* __restrict__ c,
@@ -145,7 +145,7 @@ inline void lstm_forward_units(int64_t j, const float* __restrict__ z_i, float* 
     const V mm = O::mul(o, tc);  // m = o ⊙ tanh(c)
     O::store(c + j, cc);
     O::store(m + j, mm);
-    if (TRAINING) {
+    if (FOR_BACKWARD) {
         const V cf = O::mul(cp, f);
         O::store(z_f + j, f);
         O::store(k_i + j, O::fnmadd(gi, i, gi));  // g i (1 − i)
@@ -163,9 +163,9 @@ inline void lstm_forward_units(int64_t j, const float* __restrict__ z_i, float* 
 // LSTM, LSTMFunction.forward's step: z = x_proj + h_prev W_hhᵀ (b, 4H) = [z_i | z_f | z_g | z_o], where
 // x_proj holds b_ih + b_hh already or, with BIAS, b (4H) = b_ih + b_hh is added here (units j of gate q
 // at b[q·ld_b + j]: ld_b is the layer's H when the row is a share of its units)
-// → c (b, H), m = o ⊙ tanh(c) (b, H); training: f back into z's f column and
+// → c (b, H), m = o ⊙ tanh(c) (b, H); for a backward: f back into z's f column and
 // k = [k_i | k_f | k_g | k_o | k_c] (b, 5H), the backward's factors.
-template <typename T, bool TRAINING, bool BIAS = false>
+template <typename T, bool FOR_BACKWARD, bool BIAS = false>
 void lstm_forward_row(const T* __restrict__ z_i, T* __restrict__ z_f, const T* __restrict__ z_g,
                       const T* __restrict__ z_o, const T* __restrict__ c_prev, T* __restrict__ c,
                       T* __restrict__ m, T* __restrict__ k_i, T* __restrict__ k_f, T* __restrict__ k_g,
@@ -175,12 +175,12 @@ void lstm_forward_row(const T* __restrict__ z_i, T* __restrict__ z_f, const T* _
     if constexpr (std::is_same_v<T, float>) {  // a vector of units at a time: the same formulas as below
 #ifdef __AVX512F__
         for (; j + Avx512::width <= H; j += Avx512::width)
-            lstm_forward_units<Avx512, TRAINING, BIAS>(j, z_i, z_f, z_g, z_o, b, c_prev, c, m, k_i, k_f, k_g, k_o, k_c,
+            lstm_forward_units<Avx512, FOR_BACKWARD, BIAS>(j, z_i, z_f, z_g, z_o, b, c_prev, c, m, k_i, k_f, k_g, k_o, k_c,
                                                        ld_b);
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
         for (; j + Avx2::width <= H; j += Avx2::width)
-            lstm_forward_units<Avx2, TRAINING, BIAS>(j, z_i, z_f, z_g, z_o, b, c_prev, c, m, k_i, k_f, k_g, k_o, k_c,
+            lstm_forward_units<Avx2, FOR_BACKWARD, BIAS>(j, z_i, z_f, z_g, z_o, b, c_prev, c, m, k_i, k_f, k_g, k_o, k_c,
                                                      ld_b);
 #endif
     }
@@ -193,7 +193,7 @@ void lstm_forward_row(const T* __restrict__ z_i, T* __restrict__ z_f, const T* _
         const T mm = o * tc;
         c[j] = cc;
         m[j] = mm;
-        if (TRAINING) {
+        if (FOR_BACKWARD) {
             z_f[j] = f;
             k_i[j] = g * i * (T(1) - i);
             k_f[j] = c_prev[j] * f * (T(1) - f);
@@ -204,14 +204,14 @@ void lstm_forward_row(const T* __restrict__ z_i, T* __restrict__ z_f, const T* _
     }
 }
 
-template <typename T, bool TRAINING>
+template <typename T, bool FOR_BACKWARD>
 void lstm_forward(T* z, const T* c_prev, T* c, T* m, T* k, int64_t b, int64_t H) {
     for (int64_t row = 0; row < b; ++row) {
         T* zr = z + row * 4 * H;
-        T* kr = TRAINING ? k + row * 5 * H : nullptr;
-        lstm_forward_row<T, TRAINING>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + row * H, c + row * H,
-                                      m + row * H, kr, TRAINING ? kr + H : nullptr, TRAINING ? kr + 2 * H : nullptr,
-                                      TRAINING ? kr + 3 * H : nullptr, TRAINING ? kr + 4 * H : nullptr, H);
+        T* kr = FOR_BACKWARD ? k + row * 5 * H : nullptr;
+        lstm_forward_row<T, FOR_BACKWARD>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + row * H, c + row * H,
+                                      m + row * H, kr, FOR_BACKWARD ? kr + H : nullptr, FOR_BACKWARD ? kr + 2 * H : nullptr,
+                                      FOR_BACKWARD ? kr + 3 * H : nullptr, FOR_BACKWARD ? kr + 4 * H : nullptr, H);
     }
 }
 
@@ -737,12 +737,12 @@ void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_
 }
 
 // LSTM forward: acts (N, 4H) holds x W_ihᵀ and becomes the activations (f in its f column when
-// training); bias (4H) = b_ih + b_hh, or null; h and c histories (N + B, H); k (N, 5H) or null. Per
+// a backward follows); bias (4H) = b_ih + b_hh, or null; h and c histories (N + B, H); k (N, 5H) or null. Per
 // step, as LSTMFunction: z = x_proj + h_prev W_hhᵀ, then lstm_forward_row on the share, which adds the bias.
 // With INPUT, x (N, I) and w_ih (4H, I) come instead of x_proj: each step computes
 // z = [x_t | h_prev] [W_ih | W_hh]ᵀ in one matmul into a buffer of the thread's own, which stays in
-// cache (the whole sequence's x_proj would not), and writes f to acts (training) or nothing (acts null).
-template <typename T, bool TRAINING, bool BIAS, bool INPUT>
+// cache (the whole sequence's x_proj would not), and writes f to acts (for the backward) or nothing (acts null).
+template <typename T, bool FOR_BACKWARD, bool BIAS, bool INPUT>
 void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const T* bias, T* h, T* c, T* k,
                            const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads, bool by_rows) {
     const bool rowwise = B == 1;
@@ -770,13 +770,13 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
                 forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, true);
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* zr = z + row * 4 * H + s.j0;
-                T* kr = TRAINING ? k + (t * B + s.r0 + row) * 5 * H + s.j0 : nullptr;
+                T* kr = FOR_BACKWARD ? k + (t * B + s.r0 + row) * 5 * H + s.j0 : nullptr;
                 const int64_t o = row * H + s.j0;
-                lstm_forward_row<T, TRAINING, BIAS>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + o, c_t + o, h_t + o, kr,
-                                                    TRAINING ? kr + H : nullptr, TRAINING ? kr + 2 * H : nullptr,
-                                                    TRAINING ? kr + 3 * H : nullptr, TRAINING ? kr + 4 * H : nullptr,
+                lstm_forward_row<T, FOR_BACKWARD, BIAS>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + o, c_t + o, h_t + o, kr,
+                                                    FOR_BACKWARD ? kr + H : nullptr, FOR_BACKWARD ? kr + 2 * H : nullptr,
+                                                    FOR_BACKWARD ? kr + 3 * H : nullptr, FOR_BACKWARD ? kr + 4 * H : nullptr,
                                                     s.units(), BIAS ? bias + s.j0 : nullptr, H);
-                if (INPUT && TRAINING)  // f where the backward reads it
+                if (INPUT && FOR_BACKWARD)  // f where the backward reads it
                     std::memcpy(acts + (t * B + s.r0 + row) * 4 * H + H + s.j0, zr + H, s.units() * sizeof(T));
             }
         }
@@ -987,14 +987,14 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
                                                    const T* bias, T* h, T* c, T* k, const T* w_hh, int64_t T_, \
                                                    int64_t B, int64_t H, int64_t reverse, int64_t threads,    \
                                                    int64_t by_rows) {                                         \
-        auto run = [&](auto training, auto has_bias, auto input) {                                          \
-            lstm_forward_sequence<T, decltype(training)::value, decltype(has_bias)::value,                    \
+        auto run = [&](auto for_backward, auto has_bias, auto input) {                                          \
+            lstm_forward_sequence<T, decltype(for_backward)::value, decltype(has_bias)::value,                    \
                                   decltype(input)::value>(acts, x, w_ih, I, bias, h, c, k, w_hh, T_, B, H,   \
                                                           reverse, threads, by_rows);                         \
         };                                                                                                  \
-        auto with_input = [&](auto training, auto has_bias) {                                               \
-            if (x) run(training, has_bias, std::true_type{});                                               \
-            else run(training, has_bias, std::false_type{});                                                \
+        auto with_input = [&](auto for_backward, auto has_bias) {                                               \
+            if (x) run(for_backward, has_bias, std::true_type{});                                               \
+            else run(for_backward, has_bias, std::false_type{});                                                \
         };                                                                                                  \
         if (k && bias) with_input(std::true_type{}, std::true_type{});                                      \
         else if (k) with_input(std::true_type{}, std::false_type{});                                        \
