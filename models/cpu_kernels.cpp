@@ -895,11 +895,11 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
     }
 }
 
-// Elman RNN forward: x (N, H) = x_proj + b_ih + b_hh; h history (N + B, H). Per step, as RNNFunction:
-// h = φ(x_proj + h_prev W_hhᵀ), φ = tanh or relu.
-template <typename T>
-void rnn_forward_sequence(const T* x, T* h, const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, bool relu,
-                          int threads, bool by_rows) {
+// Elman RNN forward: x (N, H) = x W_ihᵀ, bias (H) = b_ih + b_hh (BIAS) or already in x; h history
+// (N + B, H). Per step, as RNNFunction: h = φ(x_proj + h_prev W_hhᵀ), φ = tanh or relu.
+template <typename T, bool BIAS>
+void rnn_forward_sequence(const T* x, const T* bias, T* h, const T* w_hh, int64_t T_, int64_t B, int64_t H,
+                          bool reverse, bool relu, int threads, bool by_rows) {
     const bool rowwise = B == 1;
     Packed<T> W(rowwise ? 0 : 1, H, H);  // W_hh for h_prev W_hhᵀ
 #pragma omp parallel num_threads(threads)
@@ -918,10 +918,11 @@ void rnn_forward_sequence(const T* x, T* h, const T* w_hh, int64_t T_, int64_t B
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* __restrict__ hr = h_t + row * H + s.j0;
                 const T* __restrict__ xr = x + (t * B + s.r0 + row) * H + s.j0;
+                const T* __restrict__ b = BIAS ? bias + s.j0 : nullptr;
                 if (relu)
-                    for (int64_t j = 0; j < s.units(); ++j) hr[j] = std::max(hr[j] + xr[j], T(0));
+                    for (int64_t j = 0; j < s.units(); ++j) hr[j] = std::max(hr[j] + xr[j] + (BIAS ? b[j] : T(0)), T(0));
                 else
-                    for (int64_t j = 0; j < s.units(); ++j) hr[j] = tanh_(hr[j] + xr[j]);
+                    for (int64_t j = 0; j < s.units(); ++j) hr[j] = tanh_(hr[j] + xr[j] + (BIAS ? b[j] : T(0)));
             }
         }
     }
@@ -1018,10 +1019,11 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
         gru_backward_sequence<T>(d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, w_hh, T_, B, H, reverse, threads,  \
                                  by_rows);                                                                  \
     }                                                                                                       \
-    extern "C" void rnn_forward_sequence_##suffix(const T* x, T* h, const T* w_hh, int64_t T_, int64_t B,      \
-                                                  int64_t H, int64_t reverse, int64_t relu, int64_t threads,  \
-                                                  int64_t by_rows) {                                          \
-        rnn_forward_sequence<T>(x, h, w_hh, T_, B, H, reverse, relu, threads, by_rows);                       \
+    extern "C" void rnn_forward_sequence_##suffix(const T* x, const T* bias, T* h, const T* w_hh, int64_t T_, \
+                                                  int64_t B, int64_t H, int64_t reverse, int64_t relu,        \
+                                                  int64_t threads, int64_t by_rows) {                         \
+        if (bias) rnn_forward_sequence<T, true>(x, bias, h, w_hh, T_, B, H, reverse, relu, threads, by_rows);  \
+        else rnn_forward_sequence<T, false>(x, bias, h, w_hh, T_, B, H, reverse, relu, threads, by_rows);      \
     }                                                                                                       \
     extern "C" void rnn_backward_sequence_##suffix(const T* d_out, T* dh, const T* out, T* dz, const T* w_hh,  \
                                                    int64_t T_, int64_t B, int64_t H, int64_t reverse,         \

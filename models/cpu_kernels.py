@@ -62,7 +62,7 @@ _SIGNATURES = {  # name: argument types (pointers, then sizes)
     "lstm_backward_sequence": [_P] * 7 + [_N] * 6,
     "gru_forward_sequence": [_P] * 7 + [_N] * 6,
     "gru_backward_sequence": [_P] * 9 + [_N] * 6,
-    "rnn_forward_sequence": [_P] * 3 + [_N] * 7,
+    "rnn_forward_sequence": [_P] * 4 + [_N] * 7,
     "rnn_backward_sequence": [_P] * 5 + [_N] * 7,
 }
 
@@ -281,11 +281,12 @@ def gru_backward_sequence(d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh, b
                                      n.shape[0] // batch, batch, H, reverse, threads, by_rows)
 
 
-def rnn_forward_sequence(x_proj, h, weight_hh, batch, reverse, relu):
-    """Every step of RNNFunction.forward: the h history (N + B, H) written."""
+def rnn_forward_sequence(x_proj, bias, h, weight_hh, batch, reverse, relu):
+    """Every step of RNNFunction.forward: the h history (N + B, H) written. x_proj = x W_ihᵀ, and bias
+    (H,) = b_ih + b_hh is added in each step, or None (x_proj holds it already)."""
     H = h.shape[1]
     threads, by_rows = split(batch, H)
-    _fn("rnn_forward_sequence", h)(*_contiguous(x_proj, h, weight_hh), x_proj.shape[0] // batch, batch, H,
+    _fn("rnn_forward_sequence", h)(*_contiguous(x_proj, bias, h, weight_hh), x_proj.shape[0] // batch, batch, H,
                                    reverse, relu, threads, by_rows)
 
 

@@ -66,12 +66,11 @@ def fused_direction(mode, x, weight_ih, bias_ih, batch_sizes, state, weight_hh, 
     Same arguments and results as `models.unroll.readable_direction`.
     """
     batch_sizes = tuple(int(b) for b in batch_sizes)
+    # Inside forward, grad mode is always off and needs_input_grad ignores it, so the Function learns
+    # here whether a backward can follow (and it must save what that backward needs).
+    for_backward = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight_ih, bias_ih, *state, weight_hh, bias_hh, weight_hr))
     if mode == "LSTM":
-        # Inside forward, grad mode is always off and needs_input_grad ignores it, so the Function
-        # learns here whether a backward can follow (and it must save what that backward needs).
-        for_backward = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad
-            for t in (x, weight_ih, bias_ih, *state, weight_hh, bias_hh, weight_hr))
         out, h, c = LSTMFunction.apply(x, weight_ih, bias_ih, state[0], state[1], weight_hh, bias_hh, weight_hr,
                                        batch_sizes, bool(reverse), for_backward)
         return out, (h, c)
@@ -80,6 +79,6 @@ def fused_direction(mode, x, weight_ih, bias_ih, batch_sizes, state, weight_hh, 
         return out, (h,)
     if mode == "RNN":
         out, h = RNNFunction.apply(x, weight_ih, bias_ih, state[0], weight_hh, bias_hh, batch_sizes, bool(reverse),
-                                   nonlinearity)
+                                   nonlinearity, for_backward)
         return out, (h,)
     raise ValueError(f"mode must be 'RNN', 'LSTM' or 'GRU', got {mode!r}")

@@ -10,7 +10,7 @@ from . import cpu_kernels
 from .backends import step_kernels, whole_sequence
 from .double_backward import INPUTS, backward_by_autograd, needs_autograd
 from .layout import Layout, grad_buffer
-from .projection import input_grads, input_projection
+from .projection import input_grads, input_projection, summed_bias
 from .workspace import workspace
 
 # What forward saves, in order: the inputs, then every step's h (`out`) and h_prev.
@@ -21,7 +21,10 @@ class RNNFunction(torch.autograd.Function):
     """One Elman RNN direction, forward and hand-derived backward through time.
 
     apply(x (N, I), weight_ih (H, I), bias_ih (H,) or None, h0 (B, H), weight_hh (H, H),
-          bias_hh (H,) or None, batch_sizes, reverse, nonlinearity) -> (out (N, H), h_n (B, H))
+          bias_hh (H,) or None, batch_sizes, reverse, nonlinearity, for_backward=True)
+        -> (out (N, H), h_n (B, H))
+
+    `for_backward=False` (no backward will follow) skips saving what the backward needs.
 
     Forward (`cells/rnn.py`), with x_proj = x W_ihᵀ + b_ih + b_hh for all steps in one matmul:
         h = φ(x_proj + h_prev W_hhᵀ).
@@ -39,16 +42,23 @@ class RNNFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight_ih, bias_ih, h0, weight_hh, bias_hh, batch_sizes, reverse, nonlinearity):
+    def forward(ctx, x, weight_ih, bias_ih, h0, weight_hh, bias_hh, batch_sizes, reverse, nonlinearity,
+                for_backward=True):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         layout = Layout(batch_sizes, reverse)
         relu = nonlinearity == "relu"
-        x_proj = input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, H), read only
-        h_buf, out, outs, h_init = layout.history(h0, x_proj)  # (N + B, H)
+        sequence = whole_sequence(layout, x)
+        # The sequence kernel adds b_ih + b_hh in each step itself, where it reads x_proj anyway.
+        x_proj = input_projection(x, weight_ih, *(() if sequence else (bias_ih, bias_hh)))  # (N, H), read only
+        # Without a backward to follow nothing is saved, so h's history can be a buffer of the
+        # caller's own and the output a view of it.
+        own_output = sequence and not for_backward
+        h_buf, out, outs, h_init = layout.history(h0, x_proj, pooled=not own_output)  # (N + B, H)
         h_prevs = None
-        if whole_sequence(layout, x_proj):
-            cpu_kernels.rnn_forward_sequence(x_proj, h_buf, weight_hh.contiguous(), layout.B, reverse, relu)
+        if sequence:
+            cpu_kernels.rnn_forward_sequence(x_proj, summed_bias(bias_ih, bias_hh), h_buf, weight_hh.contiguous(),
+                                             layout.B, reverse, relu)
         else:
             # the CPU kernels' tanh, where they run, is a vectorised loop; torch's CPU tanh is not
             cpu_tanh = step_kernels(x_proj) is cpu_kernels
@@ -58,17 +68,21 @@ class RNNFunction(torch.autograd.Function):
                 h_prev = h_prevs[t] = layout.previous(t, outs, h_init)
                 act(torch.addmm(xs[t], h_prev, w_hh_t, out=outs[t]))  # h = φ(x_proj + h_prev W_hhᵀ)  (b, H)
 
-        ctx.layout, ctx.relu = layout, relu
-        ctx.save_for_backward(x, weight_ih, bias_ih, h0, weight_hh, bias_hh, out,
-                              layout.stacked_previous(h_buf, h_prevs))
-        return out.clone(), layout.final(outs, h_init)  # (N, H), (B, H)
+        ctx.layout, ctx.relu, ctx.for_backward = layout, relu, for_backward
+        if for_backward:
+            ctx.save_for_backward(x, weight_ih, bias_ih, h0, weight_hh, bias_hh, out,
+                                  layout.stacked_previous(h_buf, h_prevs))
+        return out if own_output else out.clone(), layout.final(outs, h_init)  # (N, H), (B, H)
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
+        if not ctx.for_backward:
+            raise RuntimeError("RNNFunction ran with for_backward=False, so it saved nothing to backpropagate "
+                               "through; call it with for_backward=True when a gradient is wanted")
         saved = dict(zip(SAVED, ctx.saved_tensors))
         if needs_autograd(d_out, d_hn):
             nonlinearity = "relu" if ctx.relu else "tanh"
-            return backward_by_autograd(ctx, "RNN", saved, (d_out, d_hn), nonlinearity) + (None,) * 3
+            return backward_by_autograd(ctx, "RNN", saved, (d_out, d_hn), nonlinearity) + (None,) * 4
         x, weight_ih, weight_hh = saved["x"], saved["weight_ih"], saved["weight_hh"]
         out, h_prev = saved["out"], saved["h_prev"]
         layout = ctx.layout
@@ -91,4 +105,4 @@ class RNNFunction(torch.autograd.Function):
         d_x, d_w_ih, d_b_ih, d_b_hh = input_grads(ctx.needs_input_grad, dz, x, weight_ih,
                                                   (need["bias_ih"], need["bias_hh"]))
         d_w_hh = torch.mm(dz.t(), h_prev) if need["weight_hh"] else None  # dW_hh = dZᵀ H_prev  (H, H)
-        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None, None
+        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None, None, None
