@@ -8,6 +8,8 @@ step t, mirroring the forward, so a row whose sequence is inactive carries its g
 unchanged to where it came from: the final state's gradient to the sequence's last step, and the
 first step's dh_prev to h0.
 """
+import itertools
+
 import torch
 
 from .workspace import workspace
@@ -46,11 +48,9 @@ class Layout:
         buf = workspace.empty(like, *shape) if pooled else like.new_empty(shape)  # (N + B, ·)
         if self.reverse:
             buf[N:].copy_(init)
-            pieces = buf.split(self.sizes + [B])
-            return buf, buf[:N], pieces[:-1], pieces[-1]
+            return buf, buf[:N], StepViews(buf[:N], self.sizes), buf[N:]
         buf[:B].copy_(init)
-        pieces = buf.split([B] + self.sizes)
-        return buf, buf[B:], pieces[1:], pieces[0]
+        return buf, buf[B:], StepViews(buf[B:], self.sizes), buf[:B]
 
     def previous(self, t, outs, init):
         """Step t's previous state (b_t, ·): a view when it can be, else a cat with h0's rows."""
@@ -83,6 +83,22 @@ class Layout:
         """Views state[:b] of a (B, ·) state(-gradient) buffer for each step (in step order)."""
         views = {b: state if b == self.B else state[:b] for b in set(self.sizes)}
         return [views[b] for b in self.sizes]
+
+
+class StepViews:
+    """Each step's rows of a (N, ·) tensor in the packed layout, as `t.split(sizes)` gives them, made
+    when asked for: a whole-sequence kernel never asks for most of them."""
+
+    def __init__(self, tensor, sizes):
+        self.tensor, self.sizes = tensor, sizes
+        self.starts = list(itertools.accumulate(sizes[:-1], initial=0))
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def __getitem__(self, t):
+        t = range(len(self.sizes))[t]  # negative indices as a list's; out of range raises IndexError
+        return self.tensor.narrow(0, self.starts[t], self.sizes[t])
 
 
 def grad_buffer(grad, shape, like):
