@@ -4,7 +4,8 @@ A training step of one layer (forward, then the gradients of the input and of ev
 `benchmarks.run.train_step`) runs under `torch.profiler` a few times after a warm-up, and every op's
 own time (not its children's) goes to one of these parts:
 
-    input projection          x W_ihᵀ + b for all steps at once (ours: one addmm before the time loop)
+    input projection          x W_ihᵀ + b for all steps at once (ours: one matmul before the time loop;
+                              the LSTM's kernel computes a narrow input's projection in its loop)
     time loop                 the recurrence itself: ours, one compiled call forwards and one
                               backwards, which the next two lines split; torch.nn's LSTM, oneDNN's
                               LSTM primitive (input projection, recurrent matmuls and gate math
@@ -134,7 +135,8 @@ def profile_case(cell: str, shape: Shape, steps: int, dtype: torch.dtype) -> Dic
     result = {impl: profile_step(layers[impl], inputs, cell, steps) for impl in ("torch", "ours")}
     for impl, parts in result.items():  # the step timed without the profiler, whose cost is per op
         timer = benchmark.Timer("train_step(layer, inputs)", globals={"train_step": train_step,
-                                                                     "layer": layers[impl], "inputs": inputs})
+                                                                     "layer": layers[impl], "inputs": inputs},
+                                num_threads=torch.get_num_threads())  # the Timer's own default is one thread
         parts["timed"] = timer.blocked_autorange(min_run_time=0.5).median * 1e3
     gates = gate_math_ms(cell, shape, dtype)
     ours = result["ours"]
