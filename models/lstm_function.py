@@ -68,7 +68,8 @@ class LSTMFunction(torch.autograd.Function):
     fused op: with m = o ⊙ tanh(c) already there, k_c = o − m ⊙ tanh(c) and k_o = m − m ⊙ o
     (`torch.addcmul(…, value=-1)`); likewise k_i = gi − gi ⊙ i with gi = g ⊙ i,
     k_f = cf − cf ⊙ f with cf = f ⊙ c_prev, k_g = i − gi ⊙ g. The activations (N, 4H), computed in
-    place over z = x_proj + h_prev W_hhᵀ, are saved too, for f. Under no_grad no k is written.
+    place over z = x_proj + h_prev W_hhᵀ, are saved too, for f (when the sequence kernel projects the
+    input itself, f is all they hold). Under no_grad no k is written.
 
     Each step's gate math is `lstm_forward_step` / `lstm_backward_step` of the backend
     `models.backends.step_kernels` picks (torch ops, compiled C++ or Triton: the same formulas); on
@@ -93,9 +94,9 @@ class LSTMFunction(torch.autograd.Function):
         h_buf, out, outs, h_init = layout.history(h0, x)  # (N + B, P)
         c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
         # z without its recurrent part for all steps, in one matmul; each step adds h_prev W_hhᵀ in
-        # place and turns z into the activations i | f | g | o in place.
-        # The sequence kernel adds b_ih + b_hh in each step itself, where it reads z anyway, and may
-        # compute x W_ihᵀ there too (`steps_project_input`).
+        # place and turns z into the activations i | f | g | o in place. The sequence kernel adds
+        # b_ih + b_hh in each step itself, where it reads z anyway, and for a narrow input computes
+        # x W_ihᵀ there too, a step at a time (`steps_project_input`): then acts holds only f.
         sequence = weight_hr is None and whole_sequence(layout, x)
         project = sequence and steps_project_input(x)
         if not sequence:
@@ -182,7 +183,7 @@ def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, wei
     w_hh, bias = weight_hh.contiguous(), summed_bias(bias_ih, bias_hh)
     for t0 in reversed(starts) if layout.reverse else starts:
         t1 = min(t0 + steps, T)
-        acts = input_projection(x[t0 * B : t1 * B], weight_ih)  # ((t1 − t0)·B, 4H): x W_ihᵀ, the kernel adds the bias
+        acts = input_projection(x[t0 * B : t1 * B], weight_ih)  # ((t1 − t0)·B, 4H): x W_ihᵀ; the kernel adds b
         # From row t0·B on, the history buffers hold the chunk's steps and, where the kernel expects
         # it, the state before them: step t0 − 1's (forwards) or step t1's (backwards), else h0.
         cpu_kernels.lstm_forward_sequence(acts, bias, h_buf[t0 * B :], c_buf[t0 * B :], None, w_hh, B, layout.reverse)

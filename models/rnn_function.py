@@ -26,7 +26,8 @@ class RNNFunction(torch.autograd.Function):
 
     `for_backward=False` (no backward will follow) skips saving what the backward needs.
 
-    Forward (`cells/rnn.py`), with x_proj = x W_ihᵀ + b_ih + b_hh for all steps in one matmul:
+    Forward (`cells/rnn.py`), with x_proj = x W_ihᵀ + b_ih + b_hh for all steps in one matmul (the
+    CPU's sequence kernel adds the biases in each step instead):
         h = φ(x_proj + h_prev W_hhᵀ).
     Saved: every h, which is also φ's derivative: tanh' = 1 − h², relu' = [h > 0] (torch's choice at
     0, where relu is not differentiable).
