@@ -285,9 +285,8 @@ void gru_forward(T* hh, const T* x, const T* bias, const T* h_prev, T* rz, T* n,
     }
 }
 
-// GRU, GRUFunction.backward's step before its matmul. Unlike the Triton kernel, which reads the
-// factors k precomputed for all steps, it computes them from the saved activations in the step itself
-// (so no (N, 3H) buffer of them is built before the loop):
+// GRU, GRUFunction.backward's step before its matmul. It computes its factors from the saved
+// activations in the step itself (so no (N, 3H) buffer of them is built before the loop):
 // d = dh + d_out; dn_pre = d (1 − z)(1 − n²); d hh = [dn_pre hh_n r(1 − r) | d (h_prev − n) z(1 − z) |
 // dn_pre r]; d_xn = dn_pre; dh = d z.
 template <typename T>

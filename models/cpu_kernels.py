@@ -12,8 +12,7 @@ batch rows, or by hidden units at small batches (`split`). For a narrow input th
 computes each step's input projection in the same matmul (`lstm_function.steps_project_input`).
 
 Each step function has the name, arguments and effect of the function of the same name in
-`models.eager_steps` (and of the Triton kernel's in `models.triton_kernels`, but for the GRU's
-backward, whose Triton step reads factors precomputed for all steps). Each `*_sequence` function runs a
+`models.eager_steps` and of the Triton kernel's in `models.triton_kernels`. Each `*_sequence` function runs a
 Function's whole time loop, recurrent matmuls included, in one call: the steps of
 `models.lstm_function` / `gru_function` / `rnn_function`, shared over torch's threads (see
 cpu_kernels.cpp). The tests run the fast path through every route (`models.backends.CPU_KERNELS` =

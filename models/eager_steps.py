@@ -1,7 +1,7 @@
 """The gate math of one time step in torch ops: the reference backend of the fast path's steps.
 
 Each function has the name, arguments and effect of the compiled kernel of the same name in
-`models.cpu_kernels` (and, but for the GRU's backward, `models.triton_kernels`), so a Function's loop
+`models.cpu_kernels` and the Triton kernel of the same name in `models.triton_kernels`, so a Function's loop
 calls `kernels.lstm_forward_step(...)` whatever the backend. These run wherever torch runs (half
 precision, devices without the kernels); the tests run the fast path with them against torch.nn
 (`models.backends.CPU_KERNELS = "never"`). The equations are the Functions' (models/lstm_function.py,

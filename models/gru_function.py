@@ -6,7 +6,7 @@ readable one.
 """
 import torch
 
-from . import cpu_kernels, triton_kernels
+from . import cpu_kernels
 from .backends import step_kernels, whole_sequence
 from .double_backward import INPUTS, backward_by_autograd, needs_autograd
 from .layout import Layout, grad_buffer
@@ -46,16 +46,14 @@ class GRUFunction(torch.autograd.Function):
         dh_prev  = dh ⊙ z + d hh W_hh               (b, H): the one matmul per step
 
     and after the loop dW_hh = d HHᵀ H_prev (3H, H), db_hh = Σ d HH, and from d x_proj:
-    dW_ih = d X_projᵀ X, db_ih = Σ d X_proj, dx = d X_proj W_ih. Every factor multiplying dh is
-    computed for all steps before the loop — k_n = (1 − z)(1 − n²), then
-    k = [k_n hh_n r(1 − r) | (h_prev − n) z(1 − z) | k_n r] — so a step is: dh += d_out[t];
-    d hh = dh ⊗ k; dn_pre = dh ⊙ k_n; dh ⊙= z; dh += d hh W_hh.
+    dW_ih = d X_projᵀ X, db_ih = Σ d X_proj, dx = d X_proj W_ih. The factors multiplying dh,
+    k_n = (1 − z)(1 − n²) and k = [k_n hh_n r(1 − r) | (h_prev − n) z(1 − z) | k_n r], are computed in
+    each step from the saved r, z, n, hh_n and h_prev (so no (N, 3H) buffer of them is built), and a
+    step is: dh += d_out[t]; d hh = dh ⊗ k; dn_pre = dh ⊙ k_n; dh ⊙= z; dh += d hh W_hh.
 
     Each step's gate math is `gru_forward_step` / `gru_backward_step` of the backend
-    `models.backends.step_kernels` picks (torch ops, compiled C++ or Triton: the same formulas). The
-    eager and C++ backward steps compute k and k_n inside the step from the saved r, z, n, hh_n and
-    h_prev, so no (N, 3H) buffer of factors is built; Triton's reads them precomputed for all steps
-    before the loop (`_backward_steps_from_factors`). On the CPU a uniform batch runs the whole loop,
+    `models.backends.step_kernels` picks (torch ops, compiled C++ or Triton: the same signature and
+    formulas). On the CPU a uniform batch runs the whole loop,
     matmuls included, in one call of `cpu_kernels.gru_forward_sequence` / `gru_backward_sequence`.
     Proven equal to torch.nn.GRU and to the readable path by tests/test_fused.py and
     tests/test_cpu_kernels.py (every route, float64, 1e-10).
@@ -98,8 +96,6 @@ class GRUFunction(torch.autograd.Function):
         if whole_sequence(layout, rz):
             cpu_kernels.gru_backward_sequence(d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh.contiguous(),
                                               layout.B, layout.reverse)
-        elif step_kernels(rz) is triton_kernels:
-            _backward_steps_from_factors(layout, d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh)
         else:
             _backward_steps(layout, d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh)
 
@@ -136,18 +132,3 @@ def _backward_steps(layout, d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh)
         kernels.gru_backward_step(dhs[t], d_outs[t], rzs[t], ns[t], hhs[t], h_prevs[t], d_hhs[t], d_xns[t])
         dhs[t].addmm_(d_hhs[t], weight_hh)  # dh_prev = dh ⊙ z + d hh W_hh  (b, H)
 
-
-def _backward_steps_from_factors(layout, d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh):
-    """The same loop for Triton's step, which reads the factors k, k_n computed for all steps first."""
-    N, H = layout.N, n.shape[1]
-    r, z = rz.chunk(2, 1)  # each (N, H)
-    k_n = (1 - z) * (1 - n * n)  # (N, H): ∂h/∂n_pre
-    k = workspace.empty(rz, N, 3, H)  # (N, 3, H): ∂h/∂hh_r, ∂h/∂hh_z, ∂h/∂hh_n
-    torch.mul(k_n * hh[:, 2 * H :], r * (1 - r), out=k[:, 0])  # k_r = ∂h/∂hh_r = k_n ⊙ hh_n ⊙ r(1 − r)
-    torch.mul(h_prev - n, z * (1 - z), out=k[:, 1])  # k_z = ∂h/∂hh_z = (h_prev − n) ⊙ z(1 − z)
-    torch.mul(k_n, r, out=k[:, 2])  # k_hn = ∂h/∂hh_n = k_n ⊙ r
-    d_outs, ks, k_ns, rzs = layout.split(d_out), layout.split(k.view(N, 3 * H)), layout.split(k_n), layout.split(rz)
-    d_hhs, d_xns, dhs = layout.split(d_hh), layout.split(d_xn), layout.heads(dh)
-    for t in layout.back_order:
-        triton_kernels.gru_backward_step_from_factors(dhs[t], d_outs[t], ks[t], k_ns[t], rzs[t], d_hhs[t], d_xns[t])
-        dhs[t].addmm_(d_hhs[t], weight_hh)  # dh_prev = dh ⊙ z + d hh W_hh  (b, H)

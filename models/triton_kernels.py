@@ -2,18 +2,18 @@
 
 On a GPU the fused path's cost at moderate sizes is kernel launches, not arithmetic: the eager gate
 math of an LSTM step is about sixteen small kernels (sigmoid, tanh, mul, addcmul, …). Each function
-here does the same arithmetic as the function of the same name in `models.eager_steps` — same
-equations, same saved factors — in one kernel over the step's b·H elements (the GRU's backward step
-reads its factors precomputed: `GRUFunction`'s `_backward_steps_from_factors`). Each program handles BLOCK elements;
-element e is row e // H, column e % H, and reads the row's gates at columns col, H + col, 2H + col, …
+here does the same arithmetic as the function of the same name in `models.eager_steps` and
+`models.cpu_kernels` — same signature, equations and saved factors — in one kernel over the step's
+b·H elements. Each program handles BLOCK elements; element e is row e // H, column e % H, and reads
+the row's gates at columns col, H + col, 2H + col, …
 
 triton is optional (`pip install rnn-by-hand[triton]`): without it `AVAILABLE` is False and the fused
 path runs its eager ops. With TRITON_INTERPRET=1 triton runs these kernels on CPU tensors (slowly),
 which is how the tests check them against torch.nn on machines without a GPU (the variable must be
 set before triton is imported: `TRITON_INTERPRET=1 pytest tests/test_fused.py`).
 
-tanh is written as (1 − e^{−2|x|}) / (1 + e^{−2|x|}) with x's sign, which is accurate in float32
-and float64 and needs nothing outside `triton.language`.
+tanh is written as (1 − e^{−2|x|}) / (1 + e^{−2|x|}) with x's sign (`_tanh`), which is accurate in
+float32 and float64 and needs nothing outside `triton.language`.
 """
 import functools
 
@@ -27,6 +27,12 @@ except ImportError:  # the eager path needs no triton
 
 AVAILABLE = triton is not None
 BLOCK = 1024
+
+if AVAILABLE:  # a module-level name, which is where triton's compiler looks up the functions a kernel calls
+    @triton.jit
+    def _tanh(x):  # (1 − e^{−2|x|}) / (1 + e^{−2|x|}) with x's sign: no overflow for large |x|
+        e = tl.exp(-2.0 * tl.abs(x))
+        return tl.where(x >= 0, (1.0 - e) / (1.0 + e), (e - 1.0) / (1.0 + e))
 
 
 def usable(tensor, mode="auto"):
@@ -51,25 +57,22 @@ def _kernels():
     imported, so the interpreter needs the variable set before the process imports triton."""
 
     @triton.jit
-    def lstm_forward(z_ptr, cp_ptr, c_ptr, m_ptr, k_ptr, n, H, TRAINING: tl.constexpr, BLOCK: tl.constexpr):
+    def lstm_forward(z_ptr, cp_ptr, c_ptr, m_ptr, k_ptr, n, H, FOR_BACKWARD: tl.constexpr, BLOCK: tl.constexpr):
         e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = e < n
         row, col = e // H, e % H
         g4 = row * 4 * H + col  # column col of gate i in the (b, 4H) rows of z
         i = tl.sigmoid(tl.load(z_ptr + g4, mask=mask))
         f = tl.sigmoid(tl.load(z_ptr + g4 + H, mask=mask))
-        z_g = tl.load(z_ptr + g4 + 2 * H, mask=mask)
-        e_g = tl.exp(-2.0 * tl.abs(z_g))  # g = tanh(z_g), see the module docstring
-        g = tl.where(z_g >= 0, (1.0 - e_g) / (1.0 + e_g), (e_g - 1.0) / (1.0 + e_g))
+        g = _tanh(tl.load(z_ptr + g4 + 2 * H, mask=mask))
         o = tl.sigmoid(tl.load(z_ptr + g4 + 3 * H, mask=mask))
         c_prev = tl.load(cp_ptr + e, mask=mask)
-        c = f * c_prev + i * g
-        e_c = tl.exp(-2.0 * tl.abs(c))  # tanh(c)
-        tc = tl.where(c >= 0, (1.0 - e_c) / (1.0 + e_c), (e_c - 1.0) / (1.0 + e_c))
-        m = o * tc
+        c = f * c_prev + i * g  # c = f ⊙ c_prev + i ⊙ g
+        tc = _tanh(c)
+        m = o * tc  # m = o ⊙ tanh(c)
         tl.store(c_ptr + e, c, mask=mask)
         tl.store(m_ptr + e, m, mask=mask)
-        if TRAINING:  # f stays in z for the backward, with the factors k_i|k_f|k_g|k_o|k_c
+        if FOR_BACKWARD:  # f stays in z for the backward, with the factors k_i|k_f|k_g|k_o|k_c
             tl.store(z_ptr + g4 + H, f, mask=mask)
             k5 = row * 5 * H + col
             tl.store(k_ptr + k5, g * i * (1.0 - i), mask=mask)
@@ -113,9 +116,7 @@ def _kernels():
             tl.store(hh_ptr + g3 + 2 * H, hh_n, mask=mask)  # the backward reads hh_n with b_hn
         r = tl.sigmoid(tl.load(x_ptr + g3, mask=mask) + hh_r)
         z = tl.sigmoid(tl.load(x_ptr + g3 + H, mask=mask) + hh_z)
-        n_pre = tl.load(x_ptr + g3 + 2 * H, mask=mask) + r * hh_n
-        e_n = tl.exp(-2.0 * tl.abs(n_pre))  # the candidate n = tanh(n_pre)
-        cand = tl.where(n_pre >= 0, (1.0 - e_n) / (1.0 + e_n), (e_n - 1.0) / (1.0 + e_n))
+        cand = _tanh(tl.load(x_ptr + g3 + 2 * H, mask=mask) + r * hh_n)  # n = tanh(x_n + r ⊙ (hh_n + b_hn))
         h_prev = tl.load(hp_ptr + e, mask=mask)
         g2 = row * 2 * H + col
         tl.store(rz_ptr + g2, r, mask=mask)
@@ -124,18 +125,23 @@ def _kernels():
         tl.store(h_ptr + e, cand + z * (h_prev - cand), mask=mask)
 
     @triton.jit
-    def gru_backward(dh_ptr, dout_ptr, k_ptr, kn_ptr, rz_ptr, dhh_ptr, dxn_ptr, n, H, BLOCK: tl.constexpr):
+    def gru_backward(dh_ptr, dout_ptr, rz_ptr, n_ptr, hh_ptr, hp_ptr, dhh_ptr, dxn_ptr, count, H,
+                     BLOCK: tl.constexpr):
         e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = e < n
+        mask = e < count
         row, col = e // H, e % H
-        dh = tl.load(dh_ptr + e, mask=mask) + tl.load(dout_ptr + e, mask=mask)
-        g3 = row * 3 * H + col
-        tl.store(dhh_ptr + g3, dh * tl.load(k_ptr + g3, mask=mask), mask=mask)
-        tl.store(dhh_ptr + g3 + H, dh * tl.load(k_ptr + g3 + H, mask=mask), mask=mask)
-        tl.store(dhh_ptr + g3 + 2 * H, dh * tl.load(k_ptr + g3 + 2 * H, mask=mask), mask=mask)
-        tl.store(dxn_ptr + e, dh * tl.load(kn_ptr + e, mask=mask), mask=mask)
-        z = tl.load(rz_ptr + row * 2 * H + H + col, mask=mask)
-        tl.store(dh_ptr + e, dh * z, mask=mask)  # the direct part of dh_prev; W_hh's part follows
+        d = tl.load(dh_ptr + e, mask=mask) + tl.load(dout_ptr + e, mask=mask)  # d = dh + d_out
+        g2, g3 = row * 2 * H + col, row * 3 * H + col
+        r, z = tl.load(rz_ptr + g2, mask=mask), tl.load(rz_ptr + g2 + H, mask=mask)
+        n = tl.load(n_ptr + e, mask=mask)
+        dn_pre = d * (1.0 - z) * (1.0 - n * n)  # dn_pre = d (1 − z)(1 − n²)
+        hh_n = tl.load(hh_ptr + g3 + 2 * H, mask=mask)
+        h_prev = tl.load(hp_ptr + e, mask=mask)
+        tl.store(dhh_ptr + g3, dn_pre * hh_n * r * (1.0 - r), mask=mask)  # dr_pre = dn_pre hh_n r(1 − r)
+        tl.store(dhh_ptr + g3 + H, d * (h_prev - n) * z * (1.0 - z), mask=mask)  # dz_pre = d (h_prev − n) z(1 − z)
+        tl.store(dhh_ptr + g3 + 2 * H, dn_pre * r, mask=mask)  # d hh_n = dn_pre r
+        tl.store(dxn_ptr + e, dn_pre, mask=mask)
+        tl.store(dh_ptr + e, d * z, mask=mask)  # the direct part of dh_prev; W_hh's part follows
 
     return {"lstm_forward": lstm_forward, "lstm_backward": lstm_backward, "gru_forward": gru_forward,
             "gru_backward": gru_backward}
@@ -159,7 +165,7 @@ def lstm_forward_step(z, c_prev, c, m, k):
     `models.eager_steps.lstm_forward_step`."""
     b, H = c.shape
     _launch("lstm_forward", b * H, _rows(z, 4 * H), _rows(c_prev, H), _rows(c, H), _rows(m, H),
-            _rows(k, 5 * H) if k is not None else z, b * H, H, TRAINING=k is not None)
+            _rows(k, 5 * H) if k is not None else z, b * H, H, FOR_BACKWARD=k is not None)
 
 
 def lstm_backward_step(dm, d_out, dc, k, acts, dz):
@@ -177,9 +183,10 @@ def gru_forward_step(hh, x_t, bias_hh, h_prev, rz, n, h):
             HAS_BIAS=bias_hh is not None)
 
 
-def gru_backward_step_from_factors(dh, d_out, k, k_n, rz, d_hh, d_xn):
-    """dh += d_out; d_hh = dh ⊗ k (b, 3H); d_xn = dh ⊙ k_n; dh ⊙= z — GRUFunction's step before its
-    matmul dh += d_hh W_hh."""
+def gru_backward_step(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn):
+    """dh + d_out → d_hh (b, 3H), d_xn = dn_pre (b, H); dh in place to dh ⊙ z: GRUFunction's step
+    before its matmul dh += d_hh W_hh, the factors computed in the step from r|z, n, hh_n and h_prev.
+    Equals `models.eager_steps.gru_backward_step`."""
     b, H = dh.shape
-    _launch("gru_backward", b * H, _rows(dh, H), _rows(d_out, H), _rows(k, 3 * H), _rows(k_n, H),
-            _rows(rz, 2 * H), _rows(d_hh, 3 * H), _rows(d_xn, H), b * H, H)
+    _launch("gru_backward", b * H, _rows(dh, H), _rows(d_out, H), _rows(rz, 2 * H), _rows(n, H), _rows(hh, 3 * H),
+            _rows(h_prev, H), _rows(d_hh, 3 * H), _rows(d_xn, H), b * H, H)
