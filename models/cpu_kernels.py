@@ -22,8 +22,8 @@ sigmoid and tanh in float32.
 Building. On first use the source is compiled with the system C++ compiler (`$CXX`, else g++, c++
 or clang++; `-O3 -march=native`) into a cache folder, `$RNN_BY_HAND_CACHE` or
 `~/.cache/rnn-by-hand`, under a name that hashes the source, the flags and this CPU's model and
-feature flags, so a shared home folder never hands one machine another's build. It takes about a
-second, once. Without a compiler, or if the build fails, `available()` is False, one warning says
+feature flags, so a shared home folder never hands one machine another's build. It takes a few
+seconds, once. Without a compiler, or if the build fails, `available()` is False, one warning says
 why, and the fused path runs its eager ops (same numbers, slower). `RNN_BY_HAND_CPU_KERNELS=0` turns
 the kernels off without a warning. With OpenMP (`-fopenmp`; the library then shares the libgomp torch
 loaded, so its threads are torch's) the sequence kernels use torch's threads; a compiler without it
