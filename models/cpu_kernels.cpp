@@ -72,7 +72,8 @@ struct Avx2 {
     static V max(V a, V b) { return _mm256_max_ps(a, b); }
     static V floor(V x) { return _mm256_floor_ps(x); }
     static V scale(V p, V n) {  // p · 2^n for integral n in float's normal range: n + 127 in the exponent bits
-        return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23)));
+        const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+        return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
     }
 };
 #endif
@@ -175,13 +176,13 @@ void lstm_forward_row(const T* __restrict__ z_i, T* __restrict__ z_f, const T* _
     if constexpr (std::is_same_v<T, float>) {  // a vector of units at a time: the same formulas as below
 #ifdef __AVX512F__
         for (; j + Avx512::width <= H; j += Avx512::width)
-            lstm_forward_units<Avx512, FOR_BACKWARD, BIAS>(j, z_i, z_f, z_g, z_o, b, c_prev, c, m, k_i, k_f, k_g, k_o, k_c,
-                                                       ld_b);
+            lstm_forward_units<Avx512, FOR_BACKWARD, BIAS>(j, z_i, z_f, z_g, z_o, b, c_prev, c, m, k_i, k_f, k_g,
+                                                           k_o, k_c, ld_b);
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
         for (; j + Avx2::width <= H; j += Avx2::width)
-            lstm_forward_units<Avx2, FOR_BACKWARD, BIAS>(j, z_i, z_f, z_g, z_o, b, c_prev, c, m, k_i, k_f, k_g, k_o, k_c,
-                                                     ld_b);
+            lstm_forward_units<Avx2, FOR_BACKWARD, BIAS>(j, z_i, z_f, z_g, z_o, b, c_prev, c, m, k_i, k_f, k_g,
+                                                         k_o, k_c, ld_b);
 #endif
     }
     for (; j < H; ++j) {
@@ -209,9 +210,9 @@ void lstm_forward(T* z, const T* c_prev, T* c, T* m, T* k, int64_t b, int64_t H)
     for (int64_t row = 0; row < b; ++row) {
         T* zr = z + row * 4 * H;
         T* kr = FOR_BACKWARD ? k + row * 5 * H : nullptr;
+        auto k_gate = [&](int q) { return FOR_BACKWARD ? kr + q * H : nullptr; };  // k_i, k_f, k_g, k_o, k_c
         lstm_forward_row<T, FOR_BACKWARD>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + row * H, c + row * H,
-                                      m + row * H, kr, FOR_BACKWARD ? kr + H : nullptr, FOR_BACKWARD ? kr + 2 * H : nullptr,
-                                      FOR_BACKWARD ? kr + 3 * H : nullptr, FOR_BACKWARD ? kr + 4 * H : nullptr, H);
+                                          m + row * H, k_gate(0), k_gate(1), k_gate(2), k_gate(3), k_gate(4), H);
     }
 }
 
@@ -559,7 +560,8 @@ void matmul_columns(const Packed<T>& P, int g, int64_t j0, int64_t j1, int64_t M
         const T* panel = P.panel(g, p);
         T* Cp = C + p * NR;
         int64_t i = 0;
-        for (; i + MR <= M; i += MR) panel_kernel<T, MR, MR>(packed + i * K, panel, K, Cp + i * ldc, ldc, cols, accumulate);
+        for (; i + MR <= M; i += MR)
+            panel_kernel<T, MR, MR>(packed + i * K, panel, K, Cp + i * ldc, ldc, cols, accumulate);
         if (i < M)
             panel_kernel_rows<T, MR - 1, MR>(static_cast<int>(M - i), packed + i * K, panel, K, Cp + i * ldc, ldc, cols,
                                              accumulate);
@@ -634,12 +636,14 @@ inline void some_rows_times_vector(const T* W, int64_t K, const T* __restrict__ 
     }
     T sums[R];
 #if defined(__AVX2__) && defined(__FMA__)
-    if constexpr (std::is_same_v<T, float> && R == 8 && Simd<T>::width == 8) {  // the eight sums of eight lanes in one vector
+    // AVX2: the eight sums of eight lanes in one vector
+    if constexpr (std::is_same_v<T, float> && R == 8 && Simd<T>::width == 8) {
         __m256 a[8];
         std::memcpy(a, acc, sizeof a);
         const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
         const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-        _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
+        const __m256 lo = _mm256_permute2f128_ps(u0, u1, 0x20), hi = _mm256_permute2f128_ps(u0, u1, 0x31);
+        _mm256_storeu_ps(sums, _mm256_add_ps(lo, hi));
     } else
 #endif
     for (int r = 0; r < R; ++r) {
@@ -764,17 +768,18 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
 #pragma omp barrier
             }
             if (INPUT)  // z = x_t W_ihᵀ + h_prev W_hhᵀ
-                forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, false, x + (t * B + s.r0) * I, w_ih, I);
+                forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, false, x + (t * B + s.r0) * I, w_ih,
+                                   I);
             else  // z += h_prev W_hhᵀ
                 forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, true);
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* zr = z + row * 4 * H + s.j0;
                 T* kr = FOR_BACKWARD ? k + (t * B + s.r0 + row) * 5 * H + s.j0 : nullptr;
+                auto k_gate = [&](int q) { return FOR_BACKWARD ? kr + q * H : nullptr; };  // k_i, k_f, k_g, k_o, k_c
                 const int64_t o = row * H + s.j0;
-                lstm_forward_row<T, FOR_BACKWARD, BIAS>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + o, c_t + o, h_t + o, kr,
-                                                    FOR_BACKWARD ? kr + H : nullptr, FOR_BACKWARD ? kr + 2 * H : nullptr,
-                                                    FOR_BACKWARD ? kr + 3 * H : nullptr, FOR_BACKWARD ? kr + 4 * H : nullptr,
-                                                    s.units(), BIAS ? bias + s.j0 : nullptr, H);
+                lstm_forward_row<T, FOR_BACKWARD, BIAS>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + o, c_t + o, h_t + o,
+                                                        k_gate(0), k_gate(1), k_gate(2), k_gate(3), k_gate(4), s.units(),
+                                                        BIAS ? bias + s.j0 : nullptr, H);
                 if (INPUT && FOR_BACKWARD)  // f where the backward reads it
                     std::memcpy(acts + (t * B + s.r0 + row) * 4 * H + H + s.j0, zr + H, s.units() * sizeof(T));
             }
@@ -816,7 +821,8 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
 #pragma omp barrier
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
-            backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, 4 * H, H, dz + (t * B + s.r0) * 4 * H, dh + s.r0 * H, false);
+            backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, 4 * H, H, dz + (t * B + s.r0) * 4 * H,
+                                dh + s.r0 * H, false);
         }
     }
 }
@@ -889,7 +895,8 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
 #pragma omp barrier
             }
             // dh[rows, units] += d_hh[rows, :] W_hh[:, units]
-            backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, 3 * H, H, d_hh + (t * B + s.r0) * 3 * H, dh + s.r0 * H, true);
+            backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, 3 * H, H, d_hh + (t * B + s.r0) * 3 * H,
+                                dh + s.r0 * H, true);
         }
     }
 }
@@ -919,7 +926,8 @@ void rnn_forward_sequence(const T* x, const T* bias, T* h, const T* w_hh, int64_
                 const T* __restrict__ xr = x + (t * B + s.r0 + row) * H + s.j0;
                 const T* __restrict__ b = BIAS ? bias + s.j0 : nullptr;
                 if (relu)
-                    for (int64_t j = 0; j < s.units(); ++j) hr[j] = std::max(hr[j] + xr[j] + (BIAS ? b[j] : T(0)), T(0));
+                    for (int64_t j = 0; j < s.units(); ++j)
+                        hr[j] = std::max(hr[j] + xr[j] + (BIAS ? b[j] : T(0)), T(0));
                 else
                     for (int64_t j = 0; j < s.units(); ++j) hr[j] = tanh_(hr[j] + xr[j] + (BIAS ? b[j] : T(0)));
             }
@@ -958,7 +966,8 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
 #pragma omp barrier
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
-            backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, H, H, dz + (t * B + s.r0) * H, dh + s.r0 * H, false);
+            backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, H, H, dz + (t * B + s.r0) * H,
+                                dh + s.r0 * H, false);
         }
     }
 }
