@@ -521,31 +521,20 @@ void pack_rows(const T* X, int64_t ldx, int64_t K_x, const T* A, int64_t lda, in
     }
 }
 
-// This thread's scratch memory for at least n values of T, kept from call to call: one buffer per use.
-enum class Scratch { packed_rows, gates };
-template <typename T, Scratch use>
-T* scratch(int64_t n) {
-    thread_local Buffer<T> buffer(0);
-    thread_local int64_t size = 0;
-    if (n > size) {
-        buffer = Buffer<T>(n);
-        size = n;
-    }
-    return buffer.data();
-}
-
 // The matmul's rows at a time: as many as the registers hold, 2·MR vector accumulators + 2 loads + 1
 // broadcast (6 rows in AVX2's 16 registers, 14 in AVX-512's 32).
 constexpr int MR = (kVectorRegisters - 3) / 2 / 2 * 2;
 
-// A (M × K, lda), or [X | A] with X (M × K_x, ldx), packed by pack_rows<T, MR> into this thread's
-// scratch, for matmul_columns.
+// How many values M rows of K packed by packed_rows take.
+inline int64_t packed_size(int64_t M, int64_t K) { return (M + MR - 1) / MR * MR * K; }
+
+// A (M × K, lda), or [X | A] with X (M × K_x, ldx), packed by pack_rows<T, MR> into `out`
+// (packed_size(M, K_x + K) values: each thread's own, allocated once per call), for matmul_columns.
 template <typename T>
-const T* packed_rows(const T* A, int64_t lda, int64_t M, int64_t K, const T* X = nullptr, int64_t ldx = 0,
+const T* packed_rows(T* out, const T* A, int64_t lda, int64_t M, int64_t K, const T* X = nullptr, int64_t ldx = 0,
                      int64_t K_x = 0) {
-    T* packed = scratch<T, Scratch::packed_rows>((M + MR - 1) / MR * MR * (K_x + K));
-    pack_rows<T, MR>(X, ldx, K_x, A, lda, M, K, packed);
-    return packed;
+    pack_rows<T, MR>(X, ldx, K_x, A, lda, M, K, out);
+    return out;
 }
 
 // C[:, j0:j1] = or += A (M × K) · block g of P, columns j0 … j1 − 1 of the block (j0 a multiple of
@@ -608,8 +597,8 @@ inline int64_t previous_row(int64_t t, int64_t T_, int64_t B, bool reverse) { re
 // g (C's row stride ldc): a step's h_prev W_hhᵀ, W_hh packed by pack_transposed.
 template <typename T>
 void gate_columns(const Share& s, const Packed<T>& W, int blocks, const T* A, int64_t lda, T* C, int64_t ldc,
-                  bool accumulate, const T* X = nullptr, int64_t I = 0) {
-    const T* packed = packed_rows<T>(A, lda, s.rows(), W.K - I, X, I, I);
+                  bool accumulate, T* scratch, const T* X = nullptr, int64_t I = 0) {
+    const T* packed = packed_rows<T>(scratch, A, lda, s.rows(), W.K - I, X, I, I);
     for (int g = 0; g < blocks; ++g)
         matmul_columns<T>(W, g, s.j0, s.j1, s.rows(), packed, C + g * W.width, ldc, accumulate);
 }
@@ -696,11 +685,11 @@ void vector_times_columns(const T* __restrict__ a, int64_t K, const T* W, int64_
 // (`rowwise`) from W_hh's rows as they lie.
 template <typename T>
 void forward_product(const Share& s, const Packed<T>& P, bool rowwise, const T* w_hh, int blocks, int64_t H,
-                     const T* A, T* C, int64_t ldc, bool accumulate, const T* X = nullptr, const T* w_ih = nullptr,
-                     int64_t I = 0) {
+                     const T* A, T* C, int64_t ldc, bool accumulate, T* scratch, const T* X = nullptr,
+                     const T* w_ih = nullptr, int64_t I = 0) {
     if (s.rows() == 0) return;
     if (!rowwise) {
-        gate_columns<T>(s, P, blocks, A, H, C, ldc, accumulate, X, I);
+        gate_columns<T>(s, P, blocks, A, H, C, ldc, accumulate, scratch, X, I);
         return;
     }
     for (int g = 0; g < blocks; ++g) {
@@ -718,10 +707,10 @@ void forward_product(const Share& s, const Packed<T>& P, bool rowwise, const T* 
 // one thread that owns the row does all of it.
 template <typename T>
 void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_rows, T* partials, const T* w_hh,
-                      int64_t K, int64_t H, const T* dZ, T* dh, bool accumulate) {
+                      int64_t K, int64_t H, const T* dZ, T* dh, bool accumulate, T* scratch) {
     if (s.rows() == 0) return;
     if (!rowwise) {
-        matmul_columns<T>(P, 0, s.j0, s.j1, s.rows(), packed_rows<T>(dZ, K, s.rows(), K), dh, H, accumulate);
+        matmul_columns<T>(P, 0, s.j0, s.j1, s.rows(), packed_rows<T>(scratch, dZ, K, s.rows(), K), dh, H, accumulate);
         return;
     }
     const int p = thread_id(), nt = team_size();
@@ -756,10 +745,11 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
         const int nt = team_size();
         const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
         if (!rowwise) pack_transposed<T>(w_hh, 4, W, w_ih, I);
-        T* gates = INPUT ? scratch<T, Scratch::gates>(s.rows() * 4 * H) : nullptr;  // (rows, 4H): z, with INPUT
+        Buffer<T> packed(rowwise ? 0 : packed_size(s.rows(), I + H));  // each step's [x_t | h_prev], packed
+        Buffer<T> gates(INPUT ? s.rows() * 4 * H : 0);  // (rows, 4H): z, with INPUT
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
-            T* z = INPUT ? gates : acts + (t * B + s.r0) * 4 * H;
+            T* z = INPUT ? gates.data() : acts + (t * B + s.r0) * 4 * H;
             const T* h_prev = h + (previous_row(t, T_, B, reverse) + s.r0) * H;
             const T* c_prev = c + (previous_row(t, T_, B, reverse) + s.r0) * H;
             T* h_t = h + (state_row(t, T_, B, reverse) + s.r0) * H;
@@ -768,10 +758,10 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
 #pragma omp barrier
             }
             if (INPUT)  // z = x_t W_ihᵀ + h_prev W_hhᵀ
-                forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, false, x + (t * B + s.r0) * I, w_ih,
-                                   I);
+                forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, false, packed.data(),
+                                   x + (t * B + s.r0) * I, w_ih, I);
             else  // z += h_prev W_hhᵀ
-                forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, true);
+                forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, true, packed.data());
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* zr = z + row * 4 * H + s.j0;
                 T* kr = FOR_BACKWARD ? k + (t * B + s.r0 + row) * 5 * H + s.j0 : nullptr;
@@ -800,6 +790,7 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
     {
         const int nt = team_size();
         const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
+        Buffer<T> packed(rowwise ? 0 : packed_size(s.rows(), 4 * H));  // each step's matmul operand, packed
         if (!rowwise) pack_plain<T>(w_hh, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
@@ -822,7 +813,7 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
             backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, 4 * H, H, dz + (t * B + s.r0) * 4 * H,
-                                dh + s.r0 * H, false);
+                                dh + s.r0 * H, false, packed.data());
         }
     }
 }
@@ -838,6 +829,7 @@ void gru_forward_sequence(const T* x, const T* bias, T* hh, T* rz, T* n, T* h, c
     {
         const int nt = team_size();
         const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
+        Buffer<T> packed(rowwise ? 0 : packed_size(s.rows(), H));  // each step's matmul operand, packed
         if (!rowwise) pack_transposed<T>(w_hh, 3, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
@@ -847,7 +839,7 @@ void gru_forward_sequence(const T* x, const T* bias, T* hh, T* rz, T* n, T* h, c
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
-            forward_product<T>(s, W, rowwise, w_hh, 3, H, h_prev, hh_t, 3 * H, false);  // hh = h_prev W_hhᵀ
+            forward_product<T>(s, W, rowwise, w_hh, 3, H, h_prev, hh_t, 3 * H, false, packed.data());  // hh = h_prev W_hhᵀ
             for (int64_t row = 0; row < s.rows(); ++row) {
                 const int64_t nr = t * B + s.r0 + row, j = s.j0;
                 T* hr = hh_t + row * 3 * H + j;
@@ -880,6 +872,7 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
     {
         const int nt = team_size();
         const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
+        Buffer<T> packed(rowwise ? 0 : packed_size(s.rows(), 3 * H));  // each step's matmul operand, packed
         if (!rowwise) pack_plain<T>(w_hh, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
@@ -896,7 +889,7 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
             }
             // dh[rows, units] += d_hh[rows, :] W_hh[:, units]
             backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, 3 * H, H, d_hh + (t * B + s.r0) * 3 * H,
-                                dh + s.r0 * H, true);
+                                dh + s.r0 * H, true, packed.data());
         }
     }
 }
@@ -912,6 +905,7 @@ void rnn_forward_sequence(const T* x, const T* bias, T* h, const T* w_hh, int64_
     {
         const int nt = team_size();
         const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
+        Buffer<T> packed(rowwise ? 0 : packed_size(s.rows(), H));  // each step's matmul operand, packed
         if (!rowwise) pack_transposed<T>(w_hh, 1, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
@@ -920,7 +914,7 @@ void rnn_forward_sequence(const T* x, const T* bias, T* h, const T* w_hh, int64_
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
-            forward_product<T>(s, W, rowwise, w_hh, 1, H, h_prev, h_t, H, false);  // h = h_prev W_hhᵀ
+            forward_product<T>(s, W, rowwise, w_hh, 1, H, h_prev, h_t, H, false, packed.data());  // h = h_prev W_hhᵀ
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* __restrict__ hr = h_t + row * H + s.j0;
                 const T* __restrict__ xr = x + (t * B + s.r0 + row) * H + s.j0;
@@ -948,6 +942,7 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
     {
         const int nt = team_size();
         const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
+        Buffer<T> packed(rowwise ? 0 : packed_size(s.rows(), H));  // each step's matmul operand, packed
         if (!rowwise) pack_plain<T>(w_hh, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
@@ -967,7 +962,7 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
             backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, H, H, dz + (t * B + s.r0) * H,
-                                dh + s.r0 * H, false);
+                                dh + s.r0 * H, false, packed.data());
         }
     }
 }
