@@ -489,12 +489,14 @@ inline void panel_kernel_rows(int rows, const T* A, const T* panel, int64_t K, T
 }
 
 // A (M × K, lda) packed for the panel kernel in blocks of S rows, k-major: row b·S + r's k-th value
-// at (b·K + k)·S + r. The kernel then reads A as one stream, at fixed offsets from one pointer.
+// at b·block + k·S + r (block = K·S, or more when A is the first columns of a wider packed matrix).
+// The kernel then reads A as one stream, at fixed offsets from one pointer.
 template <typename T, int S>
-void pack_rows(const T* A, int64_t lda, int64_t M, int64_t K, T* __restrict__ out) {
+void pack_rows(const T* A, int64_t lda, int64_t M, int64_t K, T* __restrict__ out, int64_t block = 0) {
+    if (block == 0) block = K * S;
     for (int64_t b = 0; b * S < M; ++b) {
         const int64_t rows = std::min<int64_t>(S, M - b * S);
-        T* __restrict__ o = out + b * K * S;
+        T* __restrict__ o = out + b * block;
         const T* a = A + b * S * lda;
         if (rows == S)  // written in order, read as S streams of rows
             for (int64_t k = 0; k < K; ++k)
@@ -508,17 +510,9 @@ void pack_rows(const T* A, int64_t lda, int64_t M, int64_t K, T* __restrict__ ou
 // [X | A] (M × (K_x + K)) packed as pack_rows packs one matrix: X's K_x columns, then A's K.
 template <typename T, int S>
 void pack_rows(const T* X, int64_t ldx, int64_t K_x, const T* A, int64_t lda, int64_t M, int64_t K, T* out) {
-    if (K_x == 0) return pack_rows<T, S>(A, lda, M, K, out);
-    const int64_t width = K_x + K;
-    for (int64_t b = 0; b * S < M; ++b) {  // pack_rows on each part, into the block's k range of its own
-        const int64_t rows = std::min<int64_t>(S, M - b * S);
-        T* o = out + b * width * S;
-        for (int64_t k = 0; k < K_x; ++k)
-            for (int64_t r = 0; r < rows; ++r) o[k * S + r] = X[(b * S + r) * ldx + k];
-        o += K_x * S;
-        for (int64_t k = 0; k < K; ++k)
-            for (int64_t r = 0; r < rows; ++r) o[k * S + r] = A[(b * S + r) * lda + k];
-    }
+    const int64_t block = (K_x + K) * S;
+    if (K_x > 0) pack_rows<T, S>(X, ldx, M, K_x, out, block);
+    pack_rows<T, S>(A, lda, M, K, out + K_x * S, block);
 }
 
 // The matmul's rows at a time: as many as the registers hold, 2·MR vector accumulators + 2 loads + 1
