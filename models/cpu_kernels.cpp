@@ -13,6 +13,7 @@
 // NaN passes through every function (the clamps are comparisons, false for NaN).
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #if defined(__AVX2__) && defined(__FMA__)
@@ -127,15 +128,18 @@ inline typename O::V tanh_v(typename O::V x) {  // 2σ(2x) − 1
 }
 
 // lstm_forward_row's formulas (below) for O::width units from unit j on.
-template <typename O, bool FOR_BACKWARD, bool BIAS>
+template <typename O, bool FOR_BACKWARD, bool BIAS, bool ADD_X>
 inline void lstm_forward_units(int64_t j, const float* __restrict__ z_i, float* __restrict__ z_f,
                                const float* __restrict__ z_g, const float* __restrict__ z_o,
-                               const float* __restrict__ b, const float* __restrict__ c_prev, float* __restrict__ c,
-                               float* __restrict__ m, float* __restrict__ k_i, float* __restrict__ k_f,
-                               float* __restrict__ k_g, float* __restrict__ k_o, float* __restrict__ k_c, int64_t H) {
+                               const float* __restrict__ b, const float* __restrict__ x,
+                               const float* __restrict__ c_prev, float* __restrict__ c, float* __restrict__ m,
+                               float* __restrict__ k_i, float* __restrict__ k_f, float* __restrict__ k_g,
+                               float* __restrict__ k_o, float* __restrict__ k_c, int64_t ld) {
     typedef typename O::V V;
-    auto pre = [&](const float* z, int gate) {  // z (+ b) for the gate
-        return BIAS ? O::add(O::load(z + j), O::load(b + gate * H + j)) : O::load(z + j);
+    auto pre = [&](const float* z, int gate) {  // z (+ x) (+ b) for the gate
+        V v = O::load(z + j);
+        if (ADD_X) v = O::add(v, O::load(x + gate * ld + j));
+        return BIAS ? O::add(v, O::load(b + gate * ld + j)) : v;
     };
     const V i = sigmoid_v<O>(pre(z_i, 0)), f = sigmoid_v<O>(pre(z_f, 1));
     const V g = tanh_v<O>(pre(z_g, 2)), o = sigmoid_v<O>(pre(z_o, 3));
@@ -162,32 +166,37 @@ inline void lstm_forward_units(int64_t j, const float* __restrict__ z_i, float* 
 // from another's, and vectorises the row (with one pointer per row and symbolic H it does not).
 
 // LSTM, LSTMFunction.forward's step: z = x_proj + h_prev W_hhᵀ (b, 4H) = [z_i | z_f | z_g | z_o], where
-// x_proj holds b_ih + b_hh already or, with BIAS, b (4H) = b_ih + b_hh is added here (units j of gate q
-// at b[q·ld_b + j]: ld_b is the layer's H when the row is a share of its units)
+// z holds x_proj already or, with ADD_X, x_proj (the row's [x_i | x_f | x_g | x_o]) is added here; and
+// z or x_proj holds b_ih + b_hh already or, with BIAS, b (4H) = b_ih + b_hh is added here (units j of
+// gate q at x[q·ld + j] and b[q·ld + j]: ld is the layer's H when the row is a share of its units)
 // → c (b, H), m = o ⊙ tanh(c) (b, H); for a backward: f back into z's f column and
 // k = [k_i | k_f | k_g | k_o | k_c] (b, 5H), the backward's factors.
-template <typename T, bool FOR_BACKWARD, bool BIAS = false>
+template <typename T, bool FOR_BACKWARD, bool BIAS = false, bool ADD_X = false>
 void lstm_forward_row(const T* __restrict__ z_i, T* __restrict__ z_f, const T* __restrict__ z_g,
                       const T* __restrict__ z_o, const T* __restrict__ c_prev, T* __restrict__ c,
                       T* __restrict__ m, T* __restrict__ k_i, T* __restrict__ k_f, T* __restrict__ k_g,
                       T* __restrict__ k_o, T* __restrict__ k_c, int64_t H, const T* __restrict__ b = nullptr,
-                      int64_t ld_b = 0) {
+                      const T* __restrict__ x = nullptr, int64_t ld = 0) {
     int64_t j = 0;
     if constexpr (std::is_same_v<T, float>) {  // a vector of units at a time: the same formulas as below
 #ifdef __AVX512F__
         for (; j + Avx512::width <= H; j += Avx512::width)
-            lstm_forward_units<Avx512, FOR_BACKWARD, BIAS>(j, z_i, z_f, z_g, z_o, b, c_prev, c, m, k_i, k_f, k_g,
-                                                           k_o, k_c, ld_b);
+            lstm_forward_units<Avx512, FOR_BACKWARD, BIAS, ADD_X>(j, z_i, z_f, z_g, z_o, b, x, c_prev, c, m, k_i,
+                                                                  k_f, k_g, k_o, k_c, ld);
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
         for (; j + Avx2::width <= H; j += Avx2::width)
-            lstm_forward_units<Avx2, FOR_BACKWARD, BIAS>(j, z_i, z_f, z_g, z_o, b, c_prev, c, m, k_i, k_f, k_g,
-                                                         k_o, k_c, ld_b);
+            lstm_forward_units<Avx2, FOR_BACKWARD, BIAS, ADD_X>(j, z_i, z_f, z_g, z_o, b, x, c_prev, c, m, k_i, k_f,
+                                                                k_g, k_o, k_c, ld);
 #endif
     }
+    auto pre = [&](const T* z, int q) {  // z (+ x) (+ b) for gate q
+        T v = z[j];
+        if (ADD_X) v += x[q * ld + j];
+        return BIAS ? v + b[q * ld + j] : v;
+    };
     for (; j < H; ++j) {
-        const T zi = BIAS ? z_i[j] + b[j] : z_i[j], zf = BIAS ? z_f[j] + b[ld_b + j] : z_f[j];
-        const T zg = BIAS ? z_g[j] + b[2 * ld_b + j] : z_g[j], zo = BIAS ? z_o[j] + b[3 * ld_b + j] : z_o[j];
+        const T zi = pre(z_i, 0), zf = pre(z_f, 1), zg = pre(z_g, 2), zo = pre(z_o, 3);
         const T i = sigmoid(zi), f = sigmoid(zf), g = tanh_(zg), o = sigmoid(zo);
         const T cc = f * c_prev[j] + i * g;
         const T tc = tanh_(cc);
@@ -352,17 +361,30 @@ constexpr int kVectorBytes = 64, kVectorRegisters = 32;
 constexpr int kVectorBytes = 32, kVectorRegisters = 16;
 #endif
 
+// load and store move a vector to and from memory of any alignment in one instruction each (a memcpy
+// into a vector is compiled, for some targets, as two half-width copies through the stack, and the
+// full-width load after them waits for both stores).
 template <typename T>
 struct Simd {
     typedef T vector __attribute__((vector_size(kVectorBytes)));
+    typedef T unaligned __attribute__((vector_size(kVectorBytes), aligned(alignof(T)), may_alias));
     static constexpr int width = kVectorBytes / sizeof(T);
+    static vector load(const T* p) { return *reinterpret_cast<const unaligned*>(p); }
+    static void store(T* p, vector v) { *reinterpret_cast<unaligned*>(p) = v; }
 };
 
-// n values of T, not initialised (a std::vector would zero them first, one thread, every call).
+// n values of T, not initialised (a std::vector would zero them first, one thread, every call), from a
+// 64-byte boundary: a vector load that straddles two cache lines costs two, and new T[] aligns to 16.
 template <typename T>
 struct Buffer {
-    std::unique_ptr<T[]> values;
-    explicit Buffer(int64_t n) : values(n > 0 ? new T[n] : nullptr) {}
+    static constexpr std::size_t kAlign = 64;
+    struct Free {
+        void operator()(T* p) const { std::free(p); }
+    };
+    std::unique_ptr<T[], Free> values;
+    explicit Buffer(int64_t n)
+        : values(n > 0 ? static_cast<T*>(std::aligned_alloc(kAlign, (n * sizeof(T) + kAlign - 1) / kAlign * kAlign))
+                       : nullptr) {}
     T* data() { return values.get(); }
     const T* data() const { return values.get(); }
 };
@@ -435,15 +457,13 @@ inline void panel_kernel(const T* __restrict__ A, const T* __restrict__ panel, i
         for (int r = 0; r < ROWS; ++r) lo[u][r] = hi[u][r] = V{};
     if (full && accumulate)
         for (int r = 0; r < ROWS; ++r) {
-            std::memcpy(&lo[0][r], C + r * ldc, sizeof(V));
-            std::memcpy(&hi[0][r], C + r * ldc + W, sizeof(V));
+            lo[0][r] = Simd<T>::load(C + r * ldc);
+            hi[0][r] = Simd<T>::load(C + r * ldc + W);
         }
     int64_t k = 0;
     for (; k + KU <= K; k += KU)
         for (int u = 0; u < KU; ++u) {
-            V b_lo, b_hi;
-            std::memcpy(&b_lo, panel + (k + u) * 2 * W, sizeof(V));
-            std::memcpy(&b_hi, panel + (k + u) * 2 * W + W, sizeof(V));
+            const V b_lo = Simd<T>::load(panel + (k + u) * 2 * W), b_hi = Simd<T>::load(panel + (k + u) * 2 * W + W);
             for (int r = 0; r < ROWS; ++r) {
                 const T a = A[(k + u) * S + r];
                 lo[u][r] += a * b_lo;
@@ -451,9 +471,7 @@ inline void panel_kernel(const T* __restrict__ A, const T* __restrict__ panel, i
             }
         }
     for (; k < K; ++k) {
-        V b_lo, b_hi;
-        std::memcpy(&b_lo, panel + k * 2 * W, sizeof(V));
-        std::memcpy(&b_hi, panel + k * 2 * W + W, sizeof(V));
+        const V b_lo = Simd<T>::load(panel + k * 2 * W), b_hi = Simd<T>::load(panel + k * 2 * W + W);
         for (int r = 0; r < ROWS; ++r) {
             const T a = A[k * S + r];
             lo[0][r] += a * b_lo;
@@ -467,13 +485,13 @@ inline void panel_kernel(const T* __restrict__ A, const T* __restrict__ panel, i
         }
         T* c = C + r * ldc;
         if (full) {
-            std::memcpy(c, &lo[0][r], sizeof(V));
-            std::memcpy(c + W, &hi[0][r], sizeof(V));
+            Simd<T>::store(c, lo[0][r]);
+            Simd<T>::store(c + W, hi[0][r]);
             continue;
         }
         T row[2 * W];
-        std::memcpy(row, &lo[0][r], sizeof(V));
-        std::memcpy(row + W, &hi[0][r], sizeof(V));
+        Simd<T>::store(row, lo[0][r]);
+        Simd<T>::store(row + W, hi[0][r]);
         for (int j = 0; j < cols; ++j) c[j] = accumulate ? c[j] + row[j] : row[j];
     }
 }
@@ -609,12 +627,9 @@ inline void some_rows_times_vector(const T* W, int64_t K, const T* __restrict__ 
     for (int r = 0; r < R; ++r) acc[r] = V{};
     int64_t k = 0;
     for (; k + L <= K; k += L) {
-        V hv;
-        std::memcpy(&hv, h + k, sizeof(V));
+        const V hv = Simd<T>::load(h + k);
         for (int r = 0; r < R; ++r) {
-            V w;
-            std::memcpy(&w, W + r * K + k, sizeof(V));
-            acc[r] += w * hv;
+            acc[r] += Simd<T>::load(W + r * K + k) * hv;
         }
     }
     T sums[R];
@@ -722,12 +737,14 @@ void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_
     }
 }
 
-// LSTM forward: acts (N, 4H) holds x W_ihᵀ and becomes the activations (f in its f column when
-// a backward follows); bias (4H) = b_ih + b_hh, or null; h and c histories (N + B, H); k (N, 5H) or null. Per
-// step, as LSTMFunction: z = x_proj + h_prev W_hhᵀ, then lstm_forward_row on the share, which adds the bias.
-// With INPUT, x (N, I) and w_ih (4H, I) come instead of x_proj: each step computes
-// z = [x_t | h_prev] [W_ih | W_hh]ᵀ in one matmul into a buffer of the thread's own, which stays in
-// cache (the whole sequence's x_proj would not), and writes f to acts (for the backward) or nothing (acts null).
+// LSTM forward: acts (N, 4H) holds x W_ihᵀ; when a backward follows, its f column gets f (the rest is
+// left as it is); bias (4H) = b_ih + b_hh, or null; h and c histories (N + B, H); k (N, 5H) or null.
+// Per step, as LSTMFunction: z = x_proj + h_prev W_hhᵀ, then lstm_forward_row on the share. The matmul
+// writes h_prev W_hhᵀ to a buffer of the thread's own, which stays in cache, and the row adds x_proj and
+// the bias as it reads it: acts is then only read, not first fetched from memory to be overwritten. With
+// INPUT, x (N, I) and w_ih (4H, I) come instead of x_proj: each step computes
+// z = [x_t | h_prev] [W_ih | W_hh]ᵀ in one matmul (the whole sequence's x_proj is never built; acts, when
+// a backward follows, holds only f).
 template <typename T, bool FOR_BACKWARD, bool BIAS, bool INPUT>
 void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const T* bias, T* h, T* c, T* k,
                            const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads, bool by_rows) {
@@ -740,10 +757,11 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
         const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
         if (!rowwise) pack_transposed<T>(w_hh, 4, W, w_ih, I);
         Buffer<T> packed(rowwise ? 0 : packed_size(s.rows(), I + H));  // each step's [x_t | h_prev], packed
-        Buffer<T> gates(INPUT ? s.rows() * 4 * H : 0);  // (rows, 4H): z, with INPUT
+        Buffer<T> gates(s.rows() * 4 * H);  // (rows, 4H): the step's z
+        T* z = gates.data();
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
-            T* z = INPUT ? gates.data() : acts + (t * B + s.r0) * 4 * H;
+            T* acts_t = acts ? acts + (t * B + s.r0) * 4 * H : nullptr;
             const T* h_prev = h + (previous_row(t, T_, B, reverse) + s.r0) * H;
             const T* c_prev = c + (previous_row(t, T_, B, reverse) + s.r0) * H;
             T* h_t = h + (state_row(t, T_, B, reverse) + s.r0) * H;
@@ -754,18 +772,20 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
             if (INPUT)  // z = x_t W_ihᵀ + h_prev W_hhᵀ
                 forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, false, packed.data(),
                                    x + (t * B + s.r0) * I, w_ih, I);
-            else  // z += h_prev W_hhᵀ
-                forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, true, packed.data());
+            else  // z = h_prev W_hhᵀ, and x_proj is added in the row
+                forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, false, packed.data());
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* zr = z + row * 4 * H + s.j0;
                 T* kr = FOR_BACKWARD ? k + (t * B + s.r0 + row) * 5 * H + s.j0 : nullptr;
                 auto k_gate = [&](int q) { return FOR_BACKWARD ? kr + q * H : nullptr; };  // k_i, k_f, k_g, k_o, k_c
                 const int64_t o = row * H + s.j0;
-                lstm_forward_row<T, FOR_BACKWARD, BIAS>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + o, c_t + o, h_t + o,
-                                                        k_gate(0), k_gate(1), k_gate(2), k_gate(3), k_gate(4), s.units(),
-                                                        BIAS ? bias + s.j0 : nullptr, H);
-                if (INPUT && FOR_BACKWARD)  // f where the backward reads it
-                    std::memcpy(acts + (t * B + s.r0 + row) * 4 * H + H + s.j0, zr + H, s.units() * sizeof(T));
+                const T* x_proj = INPUT ? nullptr : acts_t + row * 4 * H + s.j0;
+                lstm_forward_row<T, FOR_BACKWARD, BIAS, !INPUT>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + o, c_t + o,
+                                                                h_t + o, k_gate(0), k_gate(1), k_gate(2), k_gate(3),
+                                                                k_gate(4), s.units(), BIAS ? bias + s.j0 : nullptr,
+                                                                x_proj, H);
+                if (FOR_BACKWARD)  // f where the backward reads it
+                    std::memcpy(acts_t + row * 4 * H + H + s.j0, zr + H, s.units() * sizeof(T));
             }
         }
     }
