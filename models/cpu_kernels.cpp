@@ -392,16 +392,20 @@ struct Buffer {
 // A weight packed for C = A · B, B (K × N) split into `blocks` gate blocks of `width` columns each:
 // panel p of block g holds B's columns g·width + p·NR … + NR − 1 (zeros past the block's end) for
 // every k, NR consecutive values per k, so the kernel reads it front to back. NR = two vectors.
+// The panels live in a buffer of its own or, given `outside` (size(…) values, 64-byte aligned), in the
+// caller's memory: then one packing serves several calls (a sequence run a chunk of steps at a time).
 template <typename T>
 struct Packed {
     static constexpr int NR = 2 * Simd<T>::width;
-    Buffer<T> data;  // every value written by the pack functions, padding included
+    static int64_t size(int blocks, int64_t K, int64_t width) { return blocks * ((width + NR - 1) / NR) * NR * K; }
+    Buffer<T> own;
+    T* data;  // every value written by the pack functions, padding included
     int64_t K, width, panels;  // panels per block
-    Packed(int blocks, int64_t K_, int64_t width_)
-        : data(blocks * ((width_ + NR - 1) / NR) * NR * K_), K(K_), width(width_),
+    Packed(int blocks, int64_t K_, int64_t width_, T* outside = nullptr)
+        : own(outside ? 0 : size(blocks, K_, width_)), data(outside ? outside : own.data()), K(K_), width(width_),
           panels((width_ + NR - 1) / NR) {}
-    T* panel(int g, int64_t p) { return data.data() + ((g * panels + p) * K) * NR; }
-    const T* panel(int g, int64_t p) const { return data.data() + ((g * panels + p) * K) * NR; }
+    T* panel(int g, int64_t p) { return data + ((g * panels + p) * K) * NR; }
+    const T* panel(int g, int64_t p) const { return data + ((g * panels + p) * K) * NR; }
 };
 
 // Packs W (blocks·width × K, row-major) for A · Wᵀ: the forward's h_prev W_hhᵀ. With W_in (blocks·width
@@ -738,7 +742,8 @@ void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_
 }
 
 // LSTM forward: acts (N, 4H) holds x W_ihᵀ; when a backward follows, its f column gets f (the rest is
-// left as it is); bias (4H) = b_ih + b_hh, or null; h and c histories (N + B, H); k (N, 5H) or null.
+// left as it is); bias (4H) = b_ih + b_hh, or null; h and c histories (N + B, H); k (N, 5H) or null;
+// w_packed: null, or where W's panels go (lstm_packed_size values), already there if w_packed_ready.
 // Per step, as LSTMFunction: z = x_proj + h_prev W_hhᵀ, then lstm_forward_row on the share. The matmul
 // writes h_prev W_hhᵀ to a buffer of the thread's own, which stays in cache, and the row adds x_proj and
 // the bias as it reads it: acts is then only read, not first fetched from memory to be overwritten. With
@@ -747,15 +752,16 @@ void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_
 // a backward follows, holds only f).
 template <typename T, bool FOR_BACKWARD, bool BIAS, bool INPUT>
 void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const T* bias, T* h, T* c, T* k,
-                           const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads, bool by_rows) {
+                           const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads, bool by_rows,
+                           T* w_packed, bool w_packed_ready) {
     const bool rowwise = B == 1;
     if (!INPUT) I = 0;
-    Packed<T> W(rowwise ? 0 : 4, I + H, H);  // [W_ih | W_hh] for [x_t | h_prev] [W_ih | W_hh]ᵀ
+    Packed<T> W(rowwise ? 0 : 4, I + H, H, w_packed);  // [W_ih | W_hh] for [x_t | h_prev] [W_ih | W_hh]ᵀ
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
-        if (!rowwise) pack_transposed<T>(w_hh, 4, W, w_ih, I);
+        if (!rowwise && !w_packed_ready) pack_transposed<T>(w_hh, 4, W, w_ih, I);
         Buffer<T> packed(rowwise ? 0 : packed_size(s.rows(), I + H));  // each step's [x_t | h_prev], packed
         Buffer<T> gates(s.rows() * 4 * H);  // (rows, 4H): the step's z
         T* z = gates.data();
@@ -1001,14 +1007,17 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
         gru_backward_direct<T>(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn, b, H);                              \
     }                                                                                                       \
     extern "C" void tanh_##suffix(T* x, int64_t n) { tanh_inplace<T>(x, n); }                             \
+    extern "C" int64_t lstm_packed_size_##suffix(int64_t B, int64_t H) {                                    \
+        return B == 1 ? 0 : Packed<T>::size(4, H, H);                                                        \
+    }                                                                                                       \
     extern "C" void lstm_forward_sequence_##suffix(T* acts, const T* x, const T* w_ih, int64_t I,            \
                                                    const T* bias, T* h, T* c, T* k, const T* w_hh, int64_t T_, \
                                                    int64_t B, int64_t H, int64_t reverse, int64_t threads,    \
-                                                   int64_t by_rows) {                                         \
+                                                   int64_t by_rows, T* w_packed, int64_t w_packed_ready) {    \
         auto run = [&](auto for_backward, auto has_bias, auto input) {                                          \
             lstm_forward_sequence<T, decltype(for_backward)::value, decltype(has_bias)::value,                    \
                                   decltype(input)::value>(acts, x, w_ih, I, bias, h, c, k, w_hh, T_, B, H,   \
-                                                          reverse, threads, by_rows);                         \
+                                                          reverse, threads, by_rows, w_packed, w_packed_ready); \
         };                                                                                                  \
         auto with_input = [&](auto for_backward, auto has_bias) {                                               \
             if (x) run(for_backward, has_bias, std::true_type{});                                               \

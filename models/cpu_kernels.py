@@ -42,6 +42,8 @@ from pathlib import Path
 
 import torch
 
+from .workspace import workspace
+
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math",
          "-fopenmp"]
@@ -57,13 +59,15 @@ _SIGNATURES = {  # name: argument types (pointers, then sizes)
     "gru_forward": [_P] * 7 + [_N] * 2,
     "gru_backward_direct": [_P] * 8 + [_N] * 2,
     "tanh": [_P, _N],
-    "lstm_forward_sequence": [_P] * 3 + [_N] + [_P] * 5 + [_N] * 6,
+    "lstm_packed_size": [_N] * 2,
+    "lstm_forward_sequence": [_P] * 3 + [_N] + [_P] * 5 + [_N] * 6 + [_P, _N],
     "lstm_backward_sequence": [_P] * 7 + [_N] * 6,
     "gru_forward_sequence": [_P] * 7 + [_N] * 6,
     "gru_backward_sequence": [_P] * 9 + [_N] * 6,
     "rnn_forward_sequence": [_P] * 4 + [_N] * 7,
     "rnn_backward_sequence": [_P] * 5 + [_N] * 7,
 }
+_RETURNS = {"lstm_packed_size": _N}  # the others return nothing
 
 
 def _compiler():
@@ -130,7 +134,7 @@ def _library():
         for name, argtypes in _SIGNATURES.items():
             for suffix in _SUFFIX.values():
                 fn = getattr(lib, f"{name}_{suffix}")
-                fn.argtypes, fn.restype = argtypes, None
+                fn.argtypes, fn.restype = argtypes, _RETURNS.get(name)
         return lib
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
         warnings.warn(f"models.cpu_kernels: the CPU step kernels could not be built, so the fused path "
@@ -239,21 +243,41 @@ def _contiguous(*tensors):
     return [t.data_ptr() if t is not None else None for t in tensors]
 
 
-def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None, weight_ih=None):
-    """Every step of LSTMFunction.forward (no projection): acts (N, 4H) = x W_ihᵀ, in place to the
-    activations; bias (4H,) = b_ih + b_hh, added in each step, or None (then acts holds it already);
-    h, c histories (N + B, H) with the initial states in place; k (N, 5H) or None.
+def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None, weight_ih=None, packed=None):
+    """Every step of LSTMFunction.forward (no projection): acts (N, 4H) = x W_ihᵀ, read (when k is
+    given, f goes to its f column); bias (4H,) = b_ih + b_hh, added in each step, or None (then acts
+    holds it already); h, c histories (N + B, H) with the initial states in place; k (N, 5H) or None.
 
     With x (N, I) and weight_ih (4H, I), each step computes its own x_t W_ihᵀ together with its
     recurrent matmul, and acts is then only where f goes for the backward (its other columns are left
-    as they are), or None when no backward follows."""
+    as they are), or None when no backward follows.
+
+    packed: a `PackedWeight` of weight_hh, for a sequence run in several calls: it is packed for the
+    matmul kernel on the first call and reused by the others (without x only)."""
     H = c.shape[1]
     threads, by_rows = split(batch, H)
     steps = (acts if x is None else x).shape[0] // batch
     I = 0 if x is None else x.shape[1]
     like = h
+    w_packed, ready = (None, False) if packed is None else packed.use()
     _fn("lstm_forward_sequence", like)(*_contiguous(acts, x, weight_ih), I, *_contiguous(bias, h, c, k, weight_hh),
-                                       steps, batch, H, reverse, threads, by_rows)
+                                       steps, batch, H, reverse, threads, by_rows, *_contiguous(w_packed), ready)
+
+
+class PackedWeight:
+    """Room for an LSTM's W_hh packed as the sequence kernel's matmul reads it, for one sequence run in
+    several calls of lstm_forward_sequence (`LSTMFunction`'s forward without a backward, a chunk of
+    steps at a time): the first call packs it, the others find it packed."""
+
+    def __init__(self, like, batch, hidden):
+        size = _fn("lstm_packed_size", like)(batch, hidden)
+        self.buffer = workspace.empty(like, size) if size else None  # torch's CPU buffers are 64-byte aligned
+        self.packed = False
+
+    def use(self):
+        """(the buffer or None, whether it holds the packed weight already)"""
+        ready, self.packed = self.packed, self.buffer is not None
+        return self.buffer, ready
 
 
 def lstm_backward_sequence(d_out, dh, dc, k, acts, dz, weight_hh, batch, reverse):

@@ -181,12 +181,14 @@ def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, wei
     steps = max(1, CHUNK_BYTES // (B * 4 * H * x.element_size()))
     starts = range(0, T, steps)
     w_hh, bias = weight_hh.contiguous(), summed_bias(bias_ih, bias_hh)
+    packed = cpu_kernels.PackedWeight(w_hh, B, H)  # W_hh packed by the first chunk, for all of them
     for t0 in reversed(starts) if layout.reverse else starts:
         t1 = min(t0 + steps, T)
         acts = input_projection(x[t0 * B : t1 * B], weight_ih)  # ((t1 − t0)·B, 4H): x W_ihᵀ; the kernel adds b
         # From row t0·B on, the history buffers hold the chunk's steps and, where the kernel expects
         # it, the state before them: step t0 − 1's (forwards) or step t1's (backwards), else h0.
-        cpu_kernels.lstm_forward_sequence(acts, bias, h_buf[t0 * B :], c_buf[t0 * B :], None, w_hh, B, layout.reverse)
+        cpu_kernels.lstm_forward_sequence(acts, bias, h_buf[t0 * B :], c_buf[t0 * B :], None, w_hh, B, layout.reverse,
+                                          packed=packed)
 
 
 def _forward_steps(layout, acts, k, weight_hh, weight_hr, h, c):
