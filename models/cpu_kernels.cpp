@@ -69,6 +69,7 @@ struct Avx2 {
     static V div(V a, V b) { return _mm256_div_ps(a, b); }
     static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }   // a b + c
     static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); } // c − a b
+    static V fnmsub(V a, V b, V c) { return _mm256_fnmsub_ps(a, b, c); } // −a b − c
     static V min(V a, V b) { return _mm256_min_ps(a, b); }
     static V max(V a, V b) { return _mm256_max_ps(a, b); }
     static V floor(V x) { return _mm256_floor_ps(x); }
@@ -92,6 +93,7 @@ struct Avx512 {
     static V div(V a, V b) { return _mm512_div_ps(a, b); }
     static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
     static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+    static V fnmsub(V a, V b, V c) { return _mm512_fnmsub_ps(a, b, c); }
     static V min(V a, V b) { return _mm512_min_ps(a, b); }
     static V max(V a, V b) { return _mm512_max_ps(a, b); }
     static V floor(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
@@ -99,14 +101,18 @@ struct Avx512 {
 };
 #endif
 
-template <typename O>
-inline typename O::V exp_v(typename O::V x) {  // exp_f, a vector at a time
-    x = O::min(O::set(88.0f), x);
-    x = O::max(O::set(-87.0f), x);
-    const typename O::V n = O::floor(O::fmadd(x, O::set(1.44269504f), O::set(0.5f)));
-    typename O::V r = O::fnmadd(n, O::set(0.693145752f), x);
-    r = O::fnmadd(n, O::set(1.42860677e-6f), r);
-    typename O::V p = O::set(1.0f / 5040.0f);
+// e^(s·x) for s = −1 (σ's) or −2 (tanh's), a vector at a time: exp_f with its argument s·x, the sign
+// folded into the clamps and the range reduction's FMAs instead of an instruction of its own.
+template <typename O, int S>
+inline typename O::V exp_scaled_v(typename O::V x) {
+    typedef typename O::V V;
+    x = O::min(O::set(87.0f / -S), x);  // s·x in [−87, 88], as exp_f's; x second: a NaN stays (see above)
+    x = O::max(O::set(88.0f / S), x);
+    const V n = O::floor(O::fmadd(x, O::set(S * 1.44269504f), O::set(0.5f)));  // round(s·x / ln2)
+    V r = S == -1 ? O::fnmsub(n, O::set(0.693145752f), x)  // −n ln2_hi − x
+                  : O::fnmadd(n, O::set(0.693145752f), O::mul(O::set(float(S)), x));
+    r = O::fnmadd(n, O::set(1.42860677e-6f), r);  // s·x − n ln2, ln2 in two parts
+    V p = O::set(1.0f / 5040.0f);
     p = O::fmadd(p, r, O::set(1.0f / 720.0f));
     p = O::fmadd(p, r, O::set(1.0f / 120.0f));
     p = O::fmadd(p, r, O::set(1.0f / 24.0f));
@@ -119,12 +125,12 @@ inline typename O::V exp_v(typename O::V x) {  // exp_f, a vector at a time
 
 template <typename O>
 inline typename O::V sigmoid_v(typename O::V x) {  // 1 / (1 + e^−x)
-    return O::div(O::set(1.0f), O::add(O::set(1.0f), exp_v<O>(O::sub(O::set(0.0f), x))));
+    return O::div(O::set(1.0f), O::add(O::set(1.0f), exp_scaled_v<O, -1>(x)));
 }
 
 template <typename O>
 inline typename O::V tanh_v(typename O::V x) {  // 2σ(2x) − 1
-    return O::sub(O::div(O::set(2.0f), O::add(O::set(1.0f), exp_v<O>(O::mul(O::set(-2.0f), x)))), O::set(1.0f));
+    return O::sub(O::div(O::set(2.0f), O::add(O::set(1.0f), exp_scaled_v<O, -2>(x))), O::set(1.0f));
 }
 
 // lstm_forward_row's formulas (below) for O::width units from unit j on.
