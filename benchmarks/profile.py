@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch.utils import benchmark
 
+from models.kinds import KINDS
+
 from . import report
 from .run import CELLS, Shape, choice_list, make_inputs, make_layers, parse_shape, positive, train_step
 
@@ -124,7 +126,8 @@ def gate_math_ms(cell: str, shape: Shape, dtype: torch.dtype) -> Optional[float]
         h = new(B, H)
         stmt = "cpu_kernels.tanh_(h); h.mul(h)"
     timer = benchmark.Timer(stmt, globals={**locals(), "cpu_kernels": cpu_kernels}, num_threads=1)
-    threads, _ = cpu_kernels.split(B, H)  # the sequence kernels share each step's gate math among these
+    w_hh = torch.empty(KINDS[cell].gates * H, H, dtype=dtype, device="meta")
+    threads, _ = cpu_kernels.split(B, w_hh)  # the sequence kernels share each step's gate math among these
     return timer.blocked_autorange(min_run_time=0.3).median * 1e3 * T / threads
 
 

@@ -162,22 +162,31 @@ def sequence_usable(tensor, mode="auto"):
     return usable(tensor, mode) and mode != "steps"
 
 
-def split(batch, hidden):
-    """(threads, by_rows): how the sequence kernels share a step among torch's threads.
+def split(batch, weight):
+    """(threads, by_rows): how the sequence kernels share a step among torch's threads, for a batch
+    and the recurrent weight W_hh (G·H, H).
 
-    By rows when each thread gets at least MIN_ROWS of the batch (no waiting between threads); by
-    hidden units when each gets at least MIN_UNITS of them (one barrier per step, which pays only when
-    a step's matmul is large); else one thread.
+    By rows when each thread gets at least MIN_ROWS of the batch (no waiting between threads) and W_hh
+    is at most ROWS_WEIGHT_MAX bytes: every thread reads all of W_hh each step, and a larger one comes
+    from the shared cache, for each thread again. Else by hidden units when each thread gets at least
+    MIN_UNITS of them (its share of W_hh only; one barrier per step, which pays only when a step's
+    matmul is large); else one thread.
     """
-    threads = torch.get_num_threads()
-    if threads > 1 and batch >= MIN_ROWS * threads:
+    threads, hidden = torch.get_num_threads(), weight.shape[1]
+    units = threads > 1 and hidden >= MIN_UNITS * threads
+    if threads > 1 and batch >= MIN_ROWS * threads and not (units and weight_bytes(weight) > ROWS_WEIGHT_MAX):
         return threads, True
-    if threads > 1 and hidden >= MIN_UNITS * threads:
+    if units:
         return threads, False
     return 1, True
 
 
+def weight_bytes(weight):
+    return weight.numel() * weight.element_size()
+
+
 MIN_ROWS, MIN_UNITS = 8, 128
+ROWS_WEIGHT_MAX = 2 << 20  # about one core's L2
 
 
 def _fn(name, t):
@@ -255,7 +264,7 @@ def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None
     packed: a `PackedWeight` of weight_hh, for a sequence run in several calls: it is packed for the
     matmul kernel on the first call and reused by the others (without x only)."""
     H = c.shape[1]
-    threads, by_rows = split(batch, H)
+    threads, by_rows = split(batch, weight_hh)
     steps = (acts if x is None else x).shape[0] // batch
     I = 0 if x is None else x.shape[1]
     like = h
@@ -283,7 +292,7 @@ class PackedWeight:
 def lstm_backward_sequence(d_out, dh, dc, k, acts, dz, weight_hh, batch, reverse):
     """Every step of LSTMFunction.backward's loop: dh, dc (B, H) in place; dz (N, 4H) written."""
     H = dc.shape[1]
-    threads, by_rows = split(batch, H)
+    threads, by_rows = split(batch, weight_hh)
     _fn("lstm_backward_sequence", dz)(*_contiguous(d_out, dh, dc, k, acts, dz, weight_hh), dz.shape[0] // batch,
                                       batch, H, reverse, threads, by_rows)
 
@@ -291,7 +300,7 @@ def lstm_backward_sequence(d_out, dh, dc, k, acts, dz, weight_hh, batch, reverse
 def gru_forward_sequence(x_proj, bias_hh, hh, rz, n, h, weight_hh, batch, reverse):
     """Every step of GRUFunction.forward: hh (N, 3H), rz (N, 2H), n (N, H) and the h history written."""
     H = n.shape[1]
-    threads, by_rows = split(batch, H)
+    threads, by_rows = split(batch, weight_hh)
     _fn("gru_forward_sequence", hh)(*_contiguous(x_proj, bias_hh, hh, rz, n, h, weight_hh), n.shape[0] // batch,
                                     batch, H, reverse, threads, by_rows)
 
@@ -299,7 +308,7 @@ def gru_forward_sequence(x_proj, bias_hh, hh, rz, n, h, weight_hh, batch, revers
 def gru_backward_sequence(d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh, batch, reverse):
     """Every step of GRUFunction.backward's loop (the direct step): dh in place, d_hh and d_xn written."""
     H = n.shape[1]
-    threads, by_rows = split(batch, H)
+    threads, by_rows = split(batch, weight_hh)
     _fn("gru_backward_sequence", dh)(*_contiguous(d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh),
                                      n.shape[0] // batch, batch, H, reverse, threads, by_rows)
 
@@ -308,7 +317,7 @@ def rnn_forward_sequence(x_proj, bias, h, weight_hh, batch, reverse, relu):
     """Every step of RNNFunction.forward: the h history (N + B, H) written. x_proj = x W_ihᵀ, and bias
     (H,) = b_ih + b_hh is added in each step, or None (x_proj holds it already)."""
     H = h.shape[1]
-    threads, by_rows = split(batch, H)
+    threads, by_rows = split(batch, weight_hh)
     _fn("rnn_forward_sequence", h)(*_contiguous(x_proj, bias, h, weight_hh), x_proj.shape[0] // batch, batch, H,
                                    reverse, relu, threads, by_rows)
 
@@ -316,6 +325,6 @@ def rnn_forward_sequence(x_proj, bias, h, weight_hh, batch, reverse, relu):
 def rnn_backward_sequence(d_out, dh, out, dz, weight_hh, batch, reverse, relu):
     """Every step of RNNFunction.backward's loop: dh (B, H) in place, dz (N, H) written."""
     H = dh.shape[1]
-    threads, by_rows = split(batch, H)
+    threads, by_rows = split(batch, weight_hh)
     _fn("rnn_backward_sequence", dz)(*_contiguous(d_out, dh, out, dz, weight_hh), dz.shape[0] // batch, batch, H,
                                      reverse, relu, threads, by_rows)

@@ -87,7 +87,7 @@ def test_sequence_kernels_equal_torch_however_a_step_is_shared(kind, threads, by
     by step, or reads the whole sequence's x W_ihᵀ (`input_in_steps`)."""
     from models import lstm_function
     monkeypatch.setattr(lstm_function, "STEP_INPUT_MAX", 64 if input_in_steps else 0)
-    monkeypatch.setattr(cpu_kernels, "split", lambda rows, units: (threads, by_rows))
+    monkeypatch.setattr(cpu_kernels, "split", lambda batch, weight: (threads, by_rows))
     ours, ref = fused_pair(kind, 3, hidden, num_layers=2, bidirectional=True, bias=bias)
     x, hx = layer_inputs(kind, ours, 6, batch)
     assert backends.whole_sequence(fused_layout([batch] * 6), x.detach())
@@ -116,7 +116,7 @@ def test_lstm_forward_without_grad_in_chunks_equals_torch(chunk_steps, threads, 
     projecting its input step by step, the whole sequence in one call."""
     from models import lstm_function
     monkeypatch.setattr(lstm_function, "STEP_INPUT_MAX", 64 if input_in_steps else 0)
-    monkeypatch.setattr(cpu_kernels, "split", lambda batch, hidden: (threads, by_rows))
+    monkeypatch.setattr(cpu_kernels, "split", lambda batch, weight: (threads, by_rows))
     monkeypatch.setattr(lstm_function, "CHUNK_BYTES", chunk_steps * 5 * 4 * 40 * 8)  # B · 4H · 8 bytes a step
     ours, ref = fused_pair("lstm", 3, 40, num_layers=2, bidirectional=True)
     x, hx = layer_inputs("lstm", ours, 7, 5)
@@ -126,12 +126,17 @@ def test_lstm_forward_without_grad_in_chunks_equals_torch(chunk_steps, threads, 
 
 
 @needs_sequences
-@pytest.mark.parametrize("batch,hidden,threads", [(64, 128, 2), (1, 512, 2), (64, 128, 1), (1, 512, 1)])
-def test_the_split_is_by_rows_at_large_batches_and_by_units_at_batch_one(batch, hidden, threads, monkeypatch):
+@pytest.mark.parametrize("batch,gates,hidden,threads,by_rows", [
+    (64, 4, 128, 2, True),  # W_hh 256 KiB: every thread reads all of it
+    (64, 1, 512, 2, True),  # 1 MiB
+    (64, 4, 512, 2, False),  # 4 MiB: each thread its share of the units, and of W_hh
+    (1, 4, 512, 2, False),  # batch 1: no rows to share
+    (64, 4, 128, 1, True), (1, 4, 512, 1, True),  # one thread
+])
+def test_the_split_is_by_rows_unless_the_batch_is_small_or_the_weight_large(batch, gates, hidden, threads, by_rows,
+                                                                            monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    used, by_rows = cpu_kernels.split(batch, hidden)
-    assert used == threads
-    assert by_rows == (batch > 1 or threads == 1)
+    assert cpu_kernels.split(batch, torch.empty(gates * hidden, hidden)) == (threads, by_rows)
 
 
 def test_steps_mode_and_packed_batches_take_the_per_step_route(monkeypatch):
@@ -328,7 +333,7 @@ def test_a_build_for_a_narrower_instruction_set_gives_the_same_numbers(target, f
     whole_model_split = cpu_kernels.split
     for kind in LAYERS:
         for threads, by_rows in [(1, True), (2, False)]:  # float64, a step shared by rows and by units
-            monkeypatch.setattr(cpu_kernels, "split", lambda rows, units: (threads, by_rows))
+            monkeypatch.setattr(cpu_kernels, "split", lambda batch, weight: (threads, by_rows))
             ours, ref = fused_pair(kind, 3, 40, bidirectional=True)
             assert_same(ours, ref, *layer_inputs(kind, ours, 5, 13), **TIGHT)
         monkeypatch.setattr(cpu_kernels, "split", whole_model_split)  # float32, as a training run has it
