@@ -268,6 +268,9 @@ def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None
     steps = (acts if x is None else x).shape[0] // batch
     I = 0 if x is None else x.shape[1]
     like = h
+    if packed is not None and x is not None:
+        raise ValueError("lstm_forward_sequence: a PackedWeight holds W_hh alone, so it cannot serve a kernel "
+                         "that projects its input in the step (x given); pass packed=None there")
     w_packed, ready = (None, False) if packed is None else packed.use()
     _fn("lstm_forward_sequence", like)(*_contiguous(acts, x, weight_ih), I, *_contiguous(bias, h, c, k, weight_hh),
                                        steps, batch, H, reverse, threads, by_rows, *_contiguous(w_packed), ready)

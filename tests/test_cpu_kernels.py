@@ -126,6 +126,20 @@ def test_lstm_forward_without_grad_in_chunks_equals_torch(chunk_steps, threads, 
 
 
 @needs_sequences
+def test_a_packed_weight_is_packed_by_its_first_call_and_only_serves_a_kernel_without_input():
+    w_hh = torch.randn(4 * 40, 40, dtype=torch.float64)
+    packed = cpu_kernels.PackedWeight(w_hh, 5, 40)
+    first, second = packed.use(), packed.use()
+    assert first[1] is False and second[1] is True and first[0] is second[0]
+    assert cpu_kernels.PackedWeight(w_hh, 1, 40).use() == (None, False)  # batch 1 reads W_hh as it lies
+    states = torch.zeros(2 * 5, 40, dtype=torch.float64)
+    x, w_ih = torch.randn(5, 3, dtype=torch.float64), torch.randn(4 * 40, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="PackedWeight holds W_hh alone"):
+        cpu_kernels.lstm_forward_sequence(None, None, states, states.clone(), None, w_hh, 5, False, x, w_ih,
+                                          packed=cpu_kernels.PackedWeight(w_hh, 5, 40))
+
+
+@needs_sequences
 @pytest.mark.parametrize("batch,gates,hidden,threads,by_rows", [
     (64, 4, 128, 2, True),  # W_hh 256 KiB: every thread reads all of it
     (64, 1, 512, 2, True),  # 1 MiB
