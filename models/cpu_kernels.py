@@ -174,15 +174,12 @@ def split(batch, weight):
     """
     threads, hidden = torch.get_num_threads(), weight.shape[1]
     units = threads > 1 and hidden >= MIN_UNITS * threads
-    if threads > 1 and batch >= MIN_ROWS * threads and not (units and weight_bytes(weight) > ROWS_WEIGHT_MAX):
+    large = weight.numel() * weight.element_size() > ROWS_WEIGHT_MAX
+    if threads > 1 and batch >= MIN_ROWS * threads and not (units and large):
         return threads, True
     if units:
         return threads, False
     return 1, True
-
-
-def weight_bytes(weight):
-    return weight.numel() * weight.element_size()
 
 
 MIN_ROWS, MIN_UNITS = 8, 128
@@ -267,13 +264,12 @@ def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None
     threads, by_rows = split(batch, weight_hh)
     steps = (acts if x is None else x).shape[0] // batch
     I = 0 if x is None else x.shape[1]
-    like = h
     if packed is not None and x is not None:
         raise ValueError("lstm_forward_sequence: a PackedWeight holds W_hh alone, so it cannot serve a kernel "
                          "that projects its input in the step (x given); pass packed=None there")
     w_packed, ready = (None, False) if packed is None else packed.use()
-    _fn("lstm_forward_sequence", like)(*_contiguous(acts, x, weight_ih), I, *_contiguous(bias, h, c, k, weight_hh),
-                                       steps, batch, H, reverse, threads, by_rows, *_contiguous(w_packed), ready)
+    _fn("lstm_forward_sequence", h)(*_contiguous(acts, x, weight_ih), I, *_contiguous(bias, h, c, k, weight_hh),
+                                    steps, batch, H, reverse, threads, by_rows, *_contiguous(w_packed), ready)
 
 
 class PackedWeight:

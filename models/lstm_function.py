@@ -68,8 +68,9 @@ class LSTMFunction(torch.autograd.Function):
     fused op: with m = o ⊙ tanh(c) already there, k_c = o − m ⊙ tanh(c) and k_o = m − m ⊙ o
     (`torch.addcmul(…, value=-1)`); likewise k_i = gi − gi ⊙ i with gi = g ⊙ i,
     k_f = cf − cf ⊙ f with cf = f ⊙ c_prev, k_g = i − gi ⊙ g. The activations (N, 4H), computed in
-    place over z = x_proj + h_prev W_hhᵀ, are saved too, for f (when the sequence kernel projects the
-    input itself, f is all they hold). Under no_grad no k is written.
+    place over z = x_proj + h_prev W_hhᵀ by the per-step route, are saved too, for f; the sequence
+    kernel keeps each step's z in cache and writes only f there, over x_proj's f column (or into a
+    buffer of f alone when it projects the input itself). Under no_grad no k is written.
 
     Each step's gate math is `lstm_forward_step` / `lstm_backward_step` of the backend
     `models.backends.step_kernels` picks (torch ops, compiled C++ or Triton: the same formulas); on
@@ -93,10 +94,11 @@ class LSTMFunction(torch.autograd.Function):
             return out, layout.final(outs, h_init), layout.final(c_outs, c_init)
         h_buf, out, outs, h_init = layout.history(h0, x)  # (N + B, P)
         c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
-        # z without its recurrent part for all steps, in one matmul; each step adds h_prev W_hhᵀ in
-        # place and turns z into the activations i | f | g | o in place. The sequence kernel adds
-        # b_ih + b_hh in each step itself, where it reads z anyway, and for a narrow input computes
-        # x W_ihᵀ there too, a step at a time (`steps_project_input`): then acts holds only f.
+        # z without its recurrent part for all steps, in one matmul; each step of the per-step route
+        # adds h_prev W_hhᵀ in place and turns z into the activations i | f | g | o in place. The
+        # sequence kernel only reads x_proj (it adds h_prev W_hhᵀ and b_ih + b_hh in a z of its own)
+        # and writes f into its f column; for a narrow input it computes x W_ihᵀ too, a step at a
+        # time (`steps_project_input`): then acts holds only f.
         sequence = weight_hr is None and whole_sequence(layout, x)
         project = sequence and steps_project_input(x)
         if not sequence:
