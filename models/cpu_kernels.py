@@ -8,8 +8,9 @@ gate math of a step is one loop in C++ (`cpu_kernels.cpp`) that the compiler vec
 whole time loop — recurrent matmul and gate math of every step — is one call through ctypes, which
 packs W_hh once for the sequence, runs its own small matmul kernel over it every step (in AVX-512
 or AVX2 vectors, whichever the compiler targets), and shares each step among torch's threads: by
-batch rows, or by hidden units at small batches (`split`). For a narrow input the LSTM's call
-computes each step's input projection in the same matmul (`lstm_function.steps_project_input`).
+batch rows, or by hidden units at small batches (`split`). For a narrow input (and, without a
+backward, from a batch of a few rows on) the LSTM's call computes each step's input projection in
+the same matmul (`lstm_function.steps_project_input`).
 
 Each step function has the name, arguments and effect of the function of the same name in
 `models.eager_steps` and of the Triton kernel's in `models.triton_kernels`. Each `*_sequence` function runs a

@@ -98,9 +98,9 @@ class LSTMFunction(torch.autograd.Function):
         # adds h_prev W_hhᵀ in place and turns z into the activations i | f | g | o in place. The
         # sequence kernel only reads x_proj (it adds h_prev W_hhᵀ and b_ih + b_hh in a z of its own)
         # and writes f into its f column; for a narrow input it computes x W_ihᵀ too, a step at a
-        # time (`steps_project_input`): then acts holds only f.
+        # time (`steps_project_input`; without a backward, for a wide one too): then acts holds only f.
         sequence = weight_hr is None and whole_sequence(layout, x)
-        project = sequence and steps_project_input(x)
+        project = sequence and steps_project_input(x, layout.B, for_backward)
         if not sequence:
             acts = input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
         elif project:
@@ -160,22 +160,30 @@ CHUNK_BYTES = 16 << 20
 # much more memory than arithmetic, and each step's z then never leaves the cache. A wide input's
 # projection is one large matmul that the BLAS runs near the core's peak.
 STEP_INPUT_MAX = 64
+# Without a backward, a wide input is projected in the step too once the batch has this many rows: the
+# step's matmul is then as efficient as one over the whole sequence (each value of W_ih it reads serves
+# every row), and x_proj is neither written to memory nor read back. With fewer rows the step reads
+# all of W_ih for little arithmetic, every step; with a backward the step writes the k's as well and
+# the sequence's projection is kept (benchmarks/results/lstm_input_in_step.md: how each was measured).
+STEP_INPUT_MIN_BATCH = 8
 
 
-def steps_project_input(x):
-    """Whether the sequence kernel computes x W_ihᵀ itself, step by step."""
-    return x.shape[1] <= STEP_INPUT_MAX
+def steps_project_input(x, batch, for_backward):
+    """Whether the sequence kernel computes x W_ihᵀ itself, step by step, for input rows x (N, I) in
+    batches of `batch` rows."""
+    return x.shape[1] <= STEP_INPUT_MAX or (not for_backward and batch >= STEP_INPUT_MIN_BATCH)
 
 
 def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, weight_hh):
-    """The forward without a backward to follow, on the sequence kernel, a few steps at a time.
+    """The forward without a backward to follow, on the sequence kernel.
 
-    Nothing of a step but its states outlives the step, so the input projection is computed for a
-    chunk of steps (about CHUNK_BYTES of z) just before they run, into a buffer that each chunk
+    With the input projected in the step (`steps_project_input`), in one call. Else a few steps at a
+    time: nothing of a step but its states outlives the step, so the input projection is computed for
+    a chunk of steps (about CHUNK_BYTES of z) just before they run, into a buffer that each chunk
     reuses while it is still in cache, instead of for the whole sequence at once.
     """
     B, T, H = layout.B, layout.T, h_buf.shape[1]
-    if steps_project_input(x):  # no x_proj at all: every step projects its own input
+    if steps_project_input(x, B, for_backward=False):  # no x_proj at all: every step projects its own input
         cpu_kernels.lstm_forward_sequence(None, summed_bias(bias_ih, bias_hh), h_buf, c_buf, None,
                                           weight_hh.contiguous(), B, layout.reverse, x.contiguous(),
                                           weight_ih.contiguous())

@@ -108,14 +108,16 @@ def test_lstm_sequence_kernel_on_a_projected_input_equals_torch(threads, by_rows
 @needs_sequences
 @pytest.mark.parametrize("chunk_steps", [1, 3, 7])
 @pytest.mark.parametrize("threads,by_rows", [(1, True), (2, True), (2, False)])
-@pytest.mark.parametrize("input_in_steps", [True, False])
+@pytest.mark.parametrize("input_in_steps", ["narrow", "batch", False])
 def test_lstm_forward_without_grad_in_chunks_equals_torch(chunk_steps, threads, by_rows, input_in_steps,
                                                           monkeypatch):
     """Without a backward the LSTM runs its sequence a chunk of steps at a time: chunks of 1, of 3
     (7 steps: 3 + 3 + 1) and of all 7 steps, both directions, give torch.nn's outputs and states; or,
-    projecting its input step by step, the whole sequence in one call."""
+    projecting its input step by step (an input as narrow as STEP_INPUT_MAX, or a wide one in a batch
+    of STEP_INPUT_MIN_BATCH rows), the whole sequence in one call."""
     from models import lstm_function
-    monkeypatch.setattr(lstm_function, "STEP_INPUT_MAX", 64 if input_in_steps else 0)
+    monkeypatch.setattr(lstm_function, "STEP_INPUT_MAX", 64 if input_in_steps == "narrow" else 0)
+    monkeypatch.setattr(lstm_function, "STEP_INPUT_MIN_BATCH", 5 if input_in_steps == "batch" else 6)
     monkeypatch.setattr(cpu_kernels, "split", lambda batch, weight: (threads, by_rows))
     monkeypatch.setattr(lstm_function, "CHUNK_BYTES", chunk_steps * 5 * 4 * 40 * 8)  # B · 4H · 8 bytes a step
     ours, ref = fused_pair("lstm", 3, 40, num_layers=2, bidirectional=True)
@@ -123,6 +125,17 @@ def test_lstm_forward_without_grad_in_chunks_equals_torch(chunk_steps, threads, 
     with torch.no_grad():
         got, want = ours(x, hx), ref(x, hx)
     torch.testing.assert_close(got, want, **TIGHT)
+
+
+@pytest.mark.parametrize("input_size,batch,for_backward,expected", [
+    (64, 1, True, True), (64, 1, False, True),  # narrow: always in the step
+    (65, 64, True, False),  # wide, with a backward: the sequence's projection first
+    (512, 7, False, False), (512, 8, False, True), (512, 64, False, True),  # wide, without: by the batch
+])
+def test_which_inputs_the_lstm_sequence_kernel_projects_in_the_step(input_size, batch, for_backward, expected):
+    from models import lstm_function
+    x = torch.empty(3 * batch, input_size)
+    assert lstm_function.steps_project_input(x, batch, for_backward) is expected
 
 
 @needs_sequences
