@@ -163,8 +163,8 @@ STEP_INPUT_MAX = 64
 # Without a backward, a wide input is projected in the step too once the batch has this many rows: the
 # step's matmul is then as efficient as one over the whole sequence (each value of W_ih it reads serves
 # every row), and x_proj is neither written to memory nor read back. With fewer rows the step reads
-# all of W_ih for little arithmetic, every step; with a backward the step writes the k's as well and
-# the sequence's projection is kept (benchmarks/results/lstm_input_in_step.md: how each was measured).
+# all of W_ih for little arithmetic, every step. With a backward both routes timed the same, and the
+# sequence's projection is kept (benchmarks/results/lstm_input_in_step.md: how each was measured).
 STEP_INPUT_MIN_BATCH = 8
 
 

@@ -108,7 +108,7 @@ def test_lstm_sequence_kernel_on_a_projected_input_equals_torch(threads, by_rows
 @needs_sequences
 @pytest.mark.parametrize("chunk_steps", [1, 3, 7])
 @pytest.mark.parametrize("threads,by_rows", [(1, True), (2, True), (2, False)])
-@pytest.mark.parametrize("input_in_steps", ["narrow", "batch", False])
+@pytest.mark.parametrize("input_in_steps", ["narrow", "batch", "chunks"])
 def test_lstm_forward_without_grad_in_chunks_equals_torch(chunk_steps, threads, by_rows, input_in_steps,
                                                           monkeypatch):
     """Without a backward the LSTM runs its sequence a chunk of steps at a time: chunks of 1, of 3
