@@ -455,10 +455,11 @@ void pack_plain(const T* W, Packed<T>& P) {
 // of the panel per k. A full panel (cols = NR) starts its accumulators from C and stores them back
 // whole; a panel cut by the block's end goes through a row buffer. With few rows the additions into
 // one accumulator would wait on each other (an FMA's latency is several cycles), so KU steps of k go
-// to KU separate accumulators, summed at the end.
-template <typename T, int ROWS, int S, int KU = (ROWS >= 4 ? 1 : ROWS >= 2 ? 2 : 4)>
+// to KU separate accumulators, summed at the end. With PREFETCH, `ahead` is the panel that the kernel
+// reads next (matmul_columns says why): each k also asks for that panel's row k to be brought into L2.
+template <typename T, int ROWS, int S, int KU = (ROWS >= 4 ? 1 : ROWS >= 2 ? 2 : 4), bool PREFETCH = false>
 inline void panel_kernel(const T* __restrict__ A, const T* __restrict__ panel, int64_t K, T* __restrict__ C,
-                         int64_t ldc, int cols, bool accumulate) {
+                         int64_t ldc, int cols, bool accumulate, const T* ahead = nullptr) {
     typedef typename Simd<T>::vector V;
     constexpr int W = Simd<T>::width;
     const bool full = cols == 2 * W;
@@ -473,6 +474,9 @@ inline void panel_kernel(const T* __restrict__ A, const T* __restrict__ panel, i
     int64_t k = 0;
     for (; k + KU <= K; k += KU)
         for (int u = 0; u < KU; ++u) {
+            if constexpr (PREFETCH)  // row k of the next panel, every cache line of it, into L2 (hint T1)
+                for (std::size_t line = 0; line < 2 * W * sizeof(T); line += 64)
+                    __builtin_prefetch(reinterpret_cast<const char*>(ahead + (k + u) * 2 * W) + line, 0, 2);
             const V b_lo = Simd<T>::load(panel + (k + u) * 2 * W), b_hi = Simd<T>::load(panel + (k + u) * 2 * W + W);
             for (int r = 0; r < ROWS; ++r) {
                 const T a = A[(k + u) * S + r];
@@ -561,16 +565,29 @@ const T* packed_rows(T* out, const T* A, int64_t lda, int64_t M, int64_t K, cons
 
 // C[:, j0:j1] = or += A (M × K) · block g of P, columns j0 … j1 − 1 of the block (j0 a multiple of
 // NR), A packed by packed_rows; C points at the block's column 0. MR rows at a time.
+//
+// Each panel is read once for every MR rows: the first time from wherever it lies (a weight larger
+// than a core's L2 comes from the shared cache every step), then from L2. So while the first MR rows
+// run over panel p, panel p + 1 is prefetched into L2, and the first pass over it reads L2 as well;
+// the last panel of the range prefetches `after` (null: nothing), the panel the caller reads next.
+// A prefetch never changes a result, and `set_panel_prefetch(0)` turns them off to measure them.
+bool panel_prefetch = true;
+
 template <typename T>
 void matmul_columns(const Packed<T>& P, int g, int64_t j0, int64_t j1, int64_t M, const T* packed, T* C,
-                    int64_t ldc, bool accumulate) {
+                    int64_t ldc, bool accumulate, const T* after = nullptr) {
     constexpr int NR = Packed<T>::NR;
     const int64_t K = P.K;
     for (int64_t p = j0 / NR; p * NR < j1; ++p) {
         const int cols = static_cast<int>(std::min<int64_t>(NR, j1 - p * NR));
         const T* panel = P.panel(g, p);
+        const T* ahead = (p + 1) * NR < j1 ? P.panel(g, p + 1) : after;
         T* Cp = C + p * NR;
         int64_t i = 0;
+        if (panel_prefetch && ahead && i + MR <= M) {
+            panel_kernel<T, MR, MR, 1, true>(packed, panel, K, Cp, ldc, cols, accumulate, ahead);
+            i += MR;
+        }
         for (; i + MR <= M; i += MR)
             panel_kernel<T, MR, MR>(packed + i * K, panel, K, Cp + i * ldc, ldc, cols, accumulate);
         if (i < M)
@@ -621,8 +638,10 @@ template <typename T>
 void gate_columns(const Share& s, const Packed<T>& W, int blocks, const T* A, int64_t lda, T* C, int64_t ldc,
                   bool accumulate, T* scratch, const T* X = nullptr, int64_t I = 0) {
     const T* packed = packed_rows<T>(scratch, A, lda, s.rows(), W.K - I, X, I, I);
-    for (int g = 0; g < blocks; ++g)
-        matmul_columns<T>(W, g, s.j0, s.j1, s.rows(), packed, C + g * W.width, ldc, accumulate);
+    const int64_t first = s.j0 / Packed<T>::NR;  // the share's first panel in each block
+    for (int g = 0; g < blocks; ++g)  // after block g: block g + 1's first panel, or the next step's
+        matmul_columns<T>(W, g, s.j0, s.j1, s.rows(), packed, C + g * W.width, ldc, accumulate,
+                          W.panel(g + 1 < blocks ? g + 1 : 0, first));
 }
 
 // At batch 1 a step's products are matrix–vector products that read all of W_hh once a step either
@@ -729,7 +748,8 @@ void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_
                       int64_t K, int64_t H, const T* dZ, T* dh, bool accumulate, T* scratch) {
     if (s.rows() == 0) return;
     if (!rowwise) {
-        matmul_columns<T>(P, 0, s.j0, s.j1, s.rows(), packed_rows<T>(scratch, dZ, K, s.rows(), K), dh, H, accumulate);
+        matmul_columns<T>(P, 0, s.j0, s.j1, s.rows(), packed_rows<T>(scratch, dZ, K, s.rows(), K), dh, H, accumulate,
+                          P.panel(0, s.j0 / Packed<T>::NR));  // after the last panel: the next step's first
         return;
     }
     const int p = thread_id(), nt = team_size();
@@ -1062,6 +1082,12 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
                                                    int64_t relu, int64_t threads, int64_t by_rows) {          \
         rnn_backward_sequence<T>(d_out, dh, out, dz, w_hh, T_, B, H, reverse, relu, threads, by_rows);        \
     }
+
+extern "C" int64_t set_panel_prefetch(int64_t on) {  // returns the setting it replaces
+    const bool before = panel_prefetch;
+    panel_prefetch = on != 0;
+    return before;
+}
 
 RNN_BY_HAND_EXPORT(float, f32)
 RNN_BY_HAND_EXPORT(double, f64)

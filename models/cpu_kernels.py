@@ -250,6 +250,17 @@ def _contiguous(*tensors):
     return [t.data_ptr() if t is not None else None for t in tensors]
 
 
+def set_panel_prefetch(on):
+    """Whether the sequence kernels' matmul prefetches its next weight panel into L2 while it reads the
+    current one (on by default; cpu_kernels.cpp's matmul_columns says why). A switch for measuring what
+    it gains: the results are the same either way. Returns the setting it replaces."""
+    lib = _library()
+    if lib is None:
+        return False
+    lib.set_panel_prefetch.argtypes, lib.set_panel_prefetch.restype = [ctypes.c_int64], ctypes.c_int64
+    return bool(lib.set_panel_prefetch(bool(on)))
+
+
 def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None, weight_ih=None, packed=None):
     """Every step of LSTMFunction.forward (no projection): acts (N, 4H) = x W_ihᵀ, read (when k is
     given, f goes to its f column); bias (4H,) = b_ih + b_hh, added in each step, or None (then acts

@@ -14,7 +14,7 @@ import torch
 
 from models import backends, cpu_kernels, eager_steps
 from reference import (LAYER_OPTIONS, LAYERS, TIGHT, assert_same, clone_inputs, forward_and_grads, fused_pair,
-                       layer_inputs)
+                       layer_inputs, leaves)
 
 needs_kernels = pytest.mark.skipif(not cpu_kernels.available(),
                                    reason="the CPU step kernels did not build here (no C++ compiler?)")
@@ -103,6 +103,30 @@ def test_lstm_sequence_kernel_on_a_projected_input_equals_torch(threads, by_rows
     shared among threads in every way as above."""
     test_sequence_kernels_equal_torch_however_a_step_is_shared("lstm", threads, by_rows, bias, hidden, 13,
                                                                monkeypatch, input_in_steps=False)
+
+
+@needs_sequences
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("threads,by_rows", [(1, True), (2, False)])
+def test_the_weight_panel_prefetch_leaves_every_result_as_it_is(kind, threads, by_rows, monkeypatch):
+    """The sequence kernels' matmul with and without its prefetch of the next weight panel: outputs,
+    final states and every gradient bit for bit the same, in float32, at a batch of several row blocks
+    (the prefetching pass runs the first block) and a hidden size of several panels."""
+    monkeypatch.setattr(cpu_kernels, "split", lambda batch, weight: (threads, by_rows))
+    ours = fused_pair(kind, 70, 72, dtype=torch.float32)[0]
+    x, hx = layer_inputs(kind, ours, 5, 30)
+    results = []
+    try:
+        for on in (False, True):
+            cpu_kernels.set_panel_prefetch(on)
+            with torch.no_grad():  # the LSTM's forward without a backward takes a route of its own
+                inference = leaves(ours(x, hx))
+            results.append((inference, *forward_and_grads(ours, clone_inputs([x, hx]))))
+    finally:
+        cpu_kernels.set_panel_prefetch(True)
+    (inf_a, out_a, gin_a, gp_a), (inf_b, out_b, gin_b, gp_b) = results
+    for a, b in zip([*inf_a, *out_a, *gin_a, *gp_a.values()], [*inf_b, *out_b, *gin_b, *gp_b.values()]):
+        assert torch.equal(a, b)
 
 
 @needs_sequences
