@@ -136,6 +136,7 @@ def _library():
             for suffix in _SUFFIX.values():
                 fn = getattr(lib, f"{name}_{suffix}")
                 fn.argtypes, fn.restype = argtypes, _RETURNS.get(name)
+        lib.set_panel_prefetch.argtypes, lib.set_panel_prefetch.restype = [_N], _N  # one for both dtypes
         return lib
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
         warnings.warn(f"models.cpu_kernels: the CPU step kernels could not be built, so the fused path "
@@ -255,10 +256,7 @@ def set_panel_prefetch(on):
     current one (on by default; cpu_kernels.cpp's matmul_columns says why). A switch for measuring what
     it gains: the results are the same either way. Returns the setting it replaces."""
     lib = _library()
-    if lib is None:
-        return False
-    lib.set_panel_prefetch.argtypes, lib.set_panel_prefetch.restype = [ctypes.c_int64], ctypes.c_int64
-    return bool(lib.set_panel_prefetch(bool(on)))
+    return bool(lib.set_panel_prefetch(bool(on))) if lib is not None else False
 
 
 def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None, weight_ih=None, packed=None):

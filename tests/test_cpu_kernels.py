@@ -115,7 +115,7 @@ def test_the_weight_panel_prefetch_leaves_every_result_as_it_is(kind, threads, b
     monkeypatch.setattr(cpu_kernels, "split", lambda batch, weight: (threads, by_rows))
     ours = fused_pair(kind, 70, 72, dtype=torch.float32)[0]
     x, hx = layer_inputs(kind, ours, 5, 30)
-    results = []
+    results, before = [], cpu_kernels.set_panel_prefetch(True)
     try:
         for on in (False, True):
             cpu_kernels.set_panel_prefetch(on)
@@ -123,7 +123,7 @@ def test_the_weight_panel_prefetch_leaves_every_result_as_it_is(kind, threads, b
                 inference = leaves(ours(x, hx))
             results.append((inference, *forward_and_grads(ours, clone_inputs([x, hx]))))
     finally:
-        cpu_kernels.set_panel_prefetch(True)
+        cpu_kernels.set_panel_prefetch(before)
     (inf_a, out_a, gin_a, gp_a), (inf_b, out_b, gin_b, gp_b) = results
     for a, b in zip([*inf_a, *out_a, *gin_a, *gp_a.values()], [*inf_b, *out_b, *gin_b, *gp_b.values()]):
         assert torch.equal(a, b)
