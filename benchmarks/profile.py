@@ -4,7 +4,8 @@ A training step of one layer (forward, then the gradients of the input and of ev
 `benchmarks.run.train_step`) runs under `torch.profiler` a few times after a warm-up, and every op's
 own time (not its children's) goes to one of these parts:
 
-    input projection          x W_ihᵀ + b for all steps at once (ours: one matmul before the time loop;
+    input projection          x W_ihᵀ + b for all steps at once (ours: one matmul before the time loop,
+                              torch.mm or the compiled kernels' own (models.cpu_kernels.own_matmul);
                               the LSTM's kernel computes a narrow input's projection in its loop)
     time loop                 the recurrence itself: ours, one compiled call forwards and one
                               backwards, which the next two lines split; torch.nn's LSTM, oneDNN's
@@ -36,6 +37,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch.utils import benchmark
 
+from models import cpu_kernels
 from models.kinds import KINDS
 
 from . import report
@@ -74,6 +76,8 @@ def part_of(event, impl: str, cell: str, batch: int, rows: int) -> str:
     name = event.name
     if name in ONEDNN or name in OUR_LOOPS:
         return "time loop"
+    if name == cpu_kernels.MATMUL_EVENT:  # ours, where it does not run torch.mm: no shapes, but its place
+        return "weight-gradient matmuls" if in_backward(event) else "input projection"
     if name in MATMULS:
         shapes = [s for s in (event.input_shapes or []) if s and len(s) == 2]
         over_all_rows = any(rows in s for s in shapes)

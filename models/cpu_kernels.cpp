@@ -1013,6 +1013,98 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
     }
 }
 
+// ---- the time-independent matmuls: input projection, dx and the weight gradients -------------------
+//
+// C (M × N, ldc) = op(A) · op(B), + bias (N) on every row where given, or += with accumulate. op(A)
+// (M × K) is A (M × K, row stride lda) or, with a_t, the transpose of A (K × M, lda); op(B) (K × N) is
+// B (K × N, ldb) or, with b_t, the transpose of B (N × K, ldb). The sequences' panel kernel on blocks:
+// KC × NC of op(B) packed into panels (a block fits a core's L2, one panel its L1) and MC × KC of op(A)
+// packed by rows. Each thread takes a slice of C's rows, or of its columns where C is wider than it is
+// tall, and packs its own blocks (what two threads would both pack is then the smaller operand), so
+// the threads never wait for each other. This is what the fast path's large matmuls run where torch's BLAS would leave
+// this build's vectors half used (models.cpu_kernels.own_matmul says where).
+// op(A) is packed MO rows at a time for all of op(B)'s column blocks, then multiplied MC rows at a time.
+constexpr int64_t KC = 512, NC = 256, MC = 128 / MR * MR, MO = 8 * MC;
+
+// op(B)[k0 : k0 + P.K, j0 : j0 + P.width] packed into P's panels (one block), zeros past its width.
+template <typename T>
+void pack_block(const T* B, int64_t ldb, bool b_t, int64_t k0, int64_t j0, Packed<T>& P) {
+    constexpr int NR = Packed<T>::NR;
+    for (int64_t p = 0; p < P.panels; ++p) {
+        T* out = P.panel(0, p);
+        const int cols = static_cast<int>(std::min<int64_t>(NR, P.width - p * NR));
+        const int64_t col0 = j0 + p * NR;
+        if (b_t)  // op(B)[k, c] = B[c, k]: read B's rows front to back, write the panel (in L1) across
+            for (int c = 0; c < NR; ++c)
+                for (int64_t k = 0; k < P.K; ++k) out[k * NR + c] = c < cols ? B[(col0 + c) * ldb + k0 + k] : T(0);
+        else
+            for (int64_t k = 0; k < P.K; ++k)
+                for (int c = 0; c < NR; ++c) out[k * NR + c] = c < cols ? B[(k0 + k) * ldb + col0 + c] : T(0);
+    }
+}
+
+// op(A)[i0 : i0 + M, k0 : k0 + K] packed as pack_rows<T, MR> packs a row-major matrix.
+template <typename T>
+void pack_block_rows(const T* A, int64_t lda, bool a_t, int64_t i0, int64_t k0, int64_t M, int64_t K, T* out) {
+    if (!a_t) return pack_rows<T, MR>(A + i0 * lda + k0, lda, M, K, out);
+    for (int64_t b = 0; b * MR < M; ++b) {  // op(A)[r, k] = A[k, r]: each k's MR rows lie side by side in A
+        const int64_t rows = std::min<int64_t>(MR, M - b * MR);
+        T* __restrict__ o = out + b * K * MR;
+        const T* a = A + k0 * lda + i0 + b * MR;
+        for (int64_t k = 0; k < K; ++k)
+            for (int64_t r = 0; r < rows; ++r) o[k * MR + r] = a[k * lda + r];
+    }
+}
+
+template <typename T>
+void matmul(const T* A, int64_t lda, bool a_t, const T* B, int64_t ldb, bool b_t, const T* bias, T* C, int64_t ldc,
+            int64_t M, int64_t N, int64_t K, bool accumulate, int threads) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {  // an empty sum: C is the bias, or zero, or left as it is
+        if (!accumulate)
+            for (int64_t i = 0; i < M; ++i)
+                for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = bias ? bias[j] : T(0);
+        else if (bias)
+            for (int64_t i = 0; i < M; ++i)
+                for (int64_t j = 0; j < N; ++j) C[i * ldc + j] += bias[j];
+        return;
+    }
+    constexpr int NR = Packed<T>::NR;
+    const bool by_rows = M >= N;
+    const int64_t tiles = by_rows ? (M + MR - 1) / MR : (N + NR - 1) / NR, tile = by_rows ? MR : NR;
+    threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, tiles)));
+#pragma omp parallel num_threads(threads)
+    {
+        const int p = thread_id(), nt = team_size();
+        const int64_t lo = tiles * p / nt * tile, hi = tiles * (p + 1) / nt * tile;  // this thread's slice
+        const int64_t i0 = by_rows ? std::min(M, lo) : 0, i1 = by_rows ? std::min(M, hi) : M;
+        const int64_t j_begin = by_rows ? 0 : std::min(N, lo), j_end = by_rows ? N : std::min(N, hi);
+        Buffer<T> a_pack(packed_size(MO, KC)), b_pack(Packed<T>::size(1, KC, NC));
+        for (int64_t o0 = i0; o0 < i1; o0 += MO)
+            for (int64_t k0 = 0; k0 < K && j_begin < j_end; k0 += KC) {
+                const int64_t kc = std::min(KC, K - k0);
+                pack_block_rows<T>(A, lda, a_t, o0, k0, std::min(MO, i1 - o0), kc, a_pack.data());
+                for (int64_t j0 = j_begin; j0 < j_end; j0 += NC) {
+                    Packed<T> P(1, kc, std::min(NC, j_end - j0), b_pack.data());
+                    pack_block<T>(B, ldb, b_t, k0, j0, P);
+                    for (int64_t m0 = o0; m0 < std::min(o0 + MO, i1); m0 += MC) {
+                        const int64_t rows = std::min(MC, i1 - m0);
+                        const T* packed = a_pack.data() + (m0 - o0) * kc;  // its MR-row blocks of kc values each
+                        T* block = C + m0 * ldc + j0;
+                        bool add = accumulate || k0 > 0;
+                        if (k0 == 0 && bias) {  // the bias first, then the products are added to it
+                            for (int64_t r = 0; r < rows; ++r)
+                                for (int64_t j = 0; j < P.width; ++j)
+                                    block[r * ldc + j] = accumulate ? block[r * ldc + j] + bias[j0 + j] : bias[j0 + j];
+                            add = true;
+                        }
+                        matmul_columns<T>(P, 0, 0, P.width, rows, packed, block, ldc, add);
+                    }
+                }
+            }
+    }
+}
+
 }  // namespace
 
 #define RNN_BY_HAND_EXPORT(T, suffix)                                                                       \
@@ -1033,6 +1125,12 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
         gru_backward_direct<T>(dh, d_out, rz, n, hh, h_prev, d_hh, d_xn, b, H);                              \
     }                                                                                                       \
     extern "C" void tanh_##suffix(T* x, int64_t n) { tanh_inplace<T>(x, n); }                             \
+    extern "C" void matmul_##suffix(const T* A, int64_t lda, int64_t a_t, const T* B, int64_t ldb, int64_t b_t, \
+                                    const T* bias, T* C, int64_t ldc, int64_t M, int64_t N, int64_t K,        \
+                                    int64_t accumulate, int64_t threads) {                                   \
+        matmul<T>(A, lda, a_t != 0, B, ldb, b_t != 0, bias, C, ldc, M, N, K, accumulate != 0,                 \
+                  static_cast<int>(threads));                                                               \
+    }                                                                                                       \
     extern "C" int64_t lstm_packed_size_##suffix(int64_t B, int64_t H) {                                    \
         return B == 1 ? 0 : Packed<T>::size(4, H, H);                                                        \
     }                                                                                                       \
@@ -1082,6 +1180,8 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
                                                    int64_t relu, int64_t threads, int64_t by_rows) {          \
         rnn_backward_sequence<T>(d_out, dh, out, dz, w_hh, T_, B, H, reverse, relu, threads, by_rows);        \
     }
+
+extern "C" int64_t vector_bytes() { return kVectorBytes; }  // the width the matmul kernels compute in
 
 extern "C" int64_t set_panel_prefetch(int64_t on) {  // returns the setting it replaces
     const bool before = panel_prefetch;

@@ -60,6 +60,7 @@ _SIGNATURES = {  # name: argument types (pointers, then sizes)
     "gru_forward": [_P] * 7 + [_N] * 2,
     "gru_backward_direct": [_P] * 8 + [_N] * 2,
     "tanh": [_P, _N],
+    "matmul": [_P, _N, _N, _P, _N, _N, _P, _P] + [_N] * 6,
     "lstm_packed_size": [_N] * 2,
     "lstm_forward_sequence": [_P] * 3 + [_N] + [_P] * 5 + [_N] * 6 + [_P, _N],
     "lstm_backward_sequence": [_P] * 7 + [_N] * 6,
@@ -137,6 +138,7 @@ def _library():
                 fn = getattr(lib, f"{name}_{suffix}")
                 fn.argtypes, fn.restype = argtypes, _RETURNS.get(name)
         lib.set_panel_prefetch.argtypes, lib.set_panel_prefetch.restype = [_N], _N  # one for both dtypes
+        lib.vector_bytes.argtypes, lib.vector_bytes.restype = [], _N
         return lib
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
         warnings.warn(f"models.cpu_kernels: the CPU step kernels could not be built, so the fused path "
@@ -239,6 +241,99 @@ def tanh_(x):
         raise ValueError(f"cpu step kernel: tanh_ needs a contiguous tensor, got strides {x.stride()}")
     _fn("tanh", x)(x.data_ptr(), x.numel())
     return x
+
+
+# -- the time-independent matmuls ------------------------------------------------------------------
+
+
+def _operand(t):
+    """(t, pointer, row stride, transposed) for a matrix the matmul kernel reads as it lies: row-major
+    rows (transposed False) or the transpose of row-major rows (a `.t()` view: transposed True); any
+    other layout is copied first."""
+    rows, cols = t.shape
+    if t.stride(1) == 1 or cols == 1:
+        return t, t.data_ptr(), max(t.stride(0), cols, 1) if rows > 1 else max(cols, 1), False
+    if t.stride(0) == 1 or rows == 1:
+        return t, t.data_ptr(), max(t.stride(1), rows, 1) if cols > 1 else max(rows, 1), True
+    t = t.contiguous()
+    return t, t.data_ptr(), max(cols, 1), False
+
+
+def matmul(a, b, bias=None, out=None, threads=None):
+    """a (M, K) @ b (K, N) (+ bias (N,) on every row) in the compiled panel kernel, into `out` (M, N;
+    contiguous) or a new tensor. a and b may be row-major or `.t()` views of row-major tensors, as the
+    fast path's matmuls take them (x W_ihᵀ, dz W_ih, dzᵀ h_prev). Equals torch.addmm(bias, a, b) /
+    torch.mm(a, b) up to the order of the additions; float32 and float64 CPU tensors of one dtype.
+    threads: how many share it (by rows of the result, or by columns where it is wider than tall);
+    default torch's, or one for a small product."""
+    M, K = a.shape
+    N = b.shape[1]
+    if b.shape[0] != K or a.dtype != b.dtype:
+        raise ValueError(f"cpu_kernels.matmul: cannot multiply {tuple(a.shape)} {a.dtype} by {tuple(b.shape)} {b.dtype}")
+    if out is None:
+        out = torch.empty(M, N, dtype=a.dtype)
+    if tuple(out.shape) != (M, N) or not out.is_contiguous():
+        raise ValueError(f"cpu_kernels.matmul: out must be a contiguous ({M}, {N}) tensor, got {tuple(out.shape)} "
+                         f"with strides {out.stride()}")
+    a, a_ptr, lda, a_t = _operand(a)
+    b, b_ptr, ldb, b_t = _operand(b)
+    bias = bias.contiguous() if bias is not None else None  # held until the call returns
+    if threads is None:
+        threads = torch.get_num_threads() if M * N * K >= SMALL_MATMUL else 1
+    with torch.profiler.record_function(MATMUL_EVENT):  # what torch.profiler shows it as
+        _fn("matmul", out)(a_ptr, lda, a_t, b_ptr, ldb, b_t, bias.data_ptr() if bias is not None else None,
+                           out.data_ptr(), max(N, 1), M, N, K, False, threads)
+    return out
+
+
+MATMUL_EVENT = "rnn_by_hand::matmul"
+
+
+SMALL_MATMUL = 1 << 18  # multiply-adds below which a second thread costs more than it saves
+
+
+def own_matmul(tensor):
+    """Whether the fast path's large matmuls (input projection, dx, weight gradients) run in `matmul`
+    above rather than torch.mm for `tensor`: where the kernels are usable, `set_own_matmul` says so, or,
+    by default, where this build computes in 512-bit vectors on a CPU that is not Intel's: the x86
+    torch's BLAS is MKL, which runs its 256-bit code there (benchmarks/results/own_matmul.md measures
+    both on such a CPU). On Intel CPUs, and where the kernels are built for 256-bit vectors, MKL's own
+    code is the faster one (the CPU benchmarks in results/ were measured with it there)."""
+    if not usable(tensor):
+        return False
+    if _own_matmul is not None:
+        return _own_matmul
+    return _default_own_matmul()
+
+
+@functools.lru_cache(maxsize=None)
+def _default_own_matmul():
+    return (_library().vector_bytes() >= 64 and torch.backends.mkl.is_available()
+            and _cpu_vendor() not in ("GenuineIntel", None))
+
+
+def _cpu_vendor():
+    """The CPU's vendor string (GenuineIntel, AuthenticAMD, …), or None where /proc/cpuinfo does not say."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+_own_matmul = None
+
+
+def set_own_matmul(on):
+    """Run the fast path's large matmuls in `matmul` (True), in torch.mm (False), or as `own_matmul`
+    decides for this machine (None, the default). For measuring and testing both; returns the setting
+    it replaces."""
+    global _own_matmul
+    before, _own_matmul = _own_matmul, None if on is None else bool(on)
+    return before
 
 
 # -- whole sequences (uniform batch, history buffers in models.layout.Layout's layout) ---------------

@@ -10,7 +10,7 @@ from . import cpu_kernels
 from .backends import step_kernels, whole_sequence
 from .double_backward import INPUTS, backward_by_autograd, needs_autograd
 from .layout import Layout, grad_buffer
-from .projection import input_grads, input_projection
+from .projection import input_grads, input_projection, mm
 from .workspace import workspace
 
 # What forward saves, in order: the inputs, then what the backward reads (h_prev: every step's).
@@ -104,7 +104,7 @@ class GRUFunction(torch.autograd.Function):
         if need["x"] or need["weight_ih"] or need["bias_ih"]:
             d_proj = torch.cat((d_hh[:, : 2 * H], d_xn), 1)  # (N, 3H): d x_proj = [dr_pre | dz_pre | dn_pre]
             d_x, d_w_ih, d_b_ih = input_grads(ctx.needs_input_grad, d_proj, x, weight_ih, (need["bias_ih"],))
-        d_w_hh = torch.mm(d_hh.t(), h_prev) if need["weight_hh"] else None  # dW_hh = d HHᵀ H_prev  (3H, H)
+        d_w_hh = mm(d_hh.t(), h_prev) if need["weight_hh"] else None  # dW_hh = d HHᵀ H_prev  (3H, H)
         d_b_hh = d_hh.sum(0) if need["bias_hh"] else None  # db_hh = Σ d HH  (3H,)
         return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None
 

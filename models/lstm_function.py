@@ -10,7 +10,7 @@ from . import cpu_kernels
 from .backends import step_kernels, whole_sequence
 from .double_backward import INPUTS, backward_by_autograd, needs_autograd
 from .layout import Layout, grad_buffer
-from .projection import input_grads, input_projection, summed_bias
+from .projection import input_grads, input_projection, mm, summed_bias
 from .workspace import workspace
 
 
@@ -147,8 +147,8 @@ class LSTMFunction(torch.autograd.Function):
         need = dict(zip(INPUTS["LSTM"], ctx.needs_input_grad))
         d_x, d_w_ih, d_b_ih, d_b_hh = input_grads(ctx.needs_input_grad, dz, x, weight_ih,
                                                   (need["bias_ih"], need["bias_hh"]))
-        d_w_hh = torch.mm(dz.t(), h_prev) if need["weight_hh"] else None  # dW_hh = dZᵀ H_prev  (4H, P)
-        d_w_hr = (torch.mm(dh_total.t(), m_buf)  # dW_hr = DHᵀ M  (P, H)
+        d_w_hh = mm(dz.t(), h_prev) if need["weight_hh"] else None  # dW_hh = dZᵀ H_prev  (4H, P)
+        d_w_hr = (mm(dh_total.t(), m_buf)  # dW_hr = DHᵀ M  (P, H)
                   if weight_hr is not None and need["weight_hr"] else None)
         return d_x, d_w_ih, d_b_ih, dh, dc, d_w_hh, d_b_hh, d_w_hr, None, None, None
 

@@ -10,7 +10,7 @@ from . import cpu_kernels
 from .backends import step_kernels, whole_sequence
 from .double_backward import INPUTS, backward_by_autograd, needs_autograd
 from .layout import Layout, grad_buffer
-from .projection import input_grads, input_projection, summed_bias
+from .projection import input_grads, input_projection, mm, summed_bias
 from .workspace import workspace
 
 # What forward saves, in order: the inputs, then every step's h (`out`) and h_prev.
@@ -105,5 +105,5 @@ class RNNFunction(torch.autograd.Function):
         need = dict(zip(INPUTS["RNN"], ctx.needs_input_grad))
         d_x, d_w_ih, d_b_ih, d_b_hh = input_grads(ctx.needs_input_grad, dz, x, weight_ih,
                                                   (need["bias_ih"], need["bias_hh"]))
-        d_w_hh = torch.mm(dz.t(), h_prev) if need["weight_hh"] else None  # dW_hh = dZᵀ H_prev  (H, H)
+        d_w_hh = mm(dz.t(), h_prev) if need["weight_hh"] else None  # dW_hh = dZᵀ H_prev  (H, H)
         return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None, None, None

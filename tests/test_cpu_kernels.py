@@ -394,3 +394,90 @@ def test_a_build_for_a_narrower_instruction_set_gives_the_same_numbers(target, f
         for a, b in zip([*out_a, *gin_a, *gp_a.values()], [*out_b, *gin_b, *gp_b.values()]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-6 * max(1.0, b.abs().max().item()))
     assert len(list(tmp_path.glob("cpu_kernels-*.so"))) == 1, "the narrower build was the one loaded"
+
+
+# -- the time-independent matmuls in the kernels' own matmul ----------------------------------------------
+
+
+def operand(rows, cols, transposed, dtype):
+    """A (rows, cols) matrix, row-major or as the `.t()` view of a row-major (cols, rows) one."""
+    return torch.randn(cols, rows, dtype=dtype).t() if transposed else torch.randn(rows, cols, dtype=dtype)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (13, 5, 33), (29, 600, 17), (300, 513, 70), (40, 20, 300)])
+def test_the_matmul_kernel_equals_torch_mm_for_every_layout(dtype, threads, M, K, N):
+    """cpu_kernels.matmul against torch.mm / addmm, each operand row-major or transposed, with and
+    without a bias: sizes across its register rows (14 or 6), panels (16 or 32 columns), k-blocks
+    (512), row blocks and the split of rows (tall) or columns (wide) among threads."""
+    torch.manual_seed(M * 7 + N)
+    tolerance = {torch.float32: dict(rtol=1e-5, atol=1e-4), torch.float64: TIGHT}[dtype]
+    bias = torch.randn(N, dtype=dtype)
+    for a_t in (False, True):
+        for b_t in (False, True):
+            a, b = operand(M, K, a_t, dtype), operand(K, N, b_t, dtype)
+            torch.testing.assert_close(cpu_kernels.matmul(a, b, threads=threads), torch.mm(a, b), **tolerance)
+            out = torch.full((M, N), float("nan"), dtype=dtype)  # every value is written, none read
+            got = cpu_kernels.matmul(a, b, bias=bias, out=out, threads=threads)
+            assert got is out
+            torch.testing.assert_close(got, torch.addmm(bias, a, b), **tolerance)
+
+
+@needs_kernels
+def test_the_matmul_kernel_copies_a_layout_it_cannot_read_and_refuses_a_wrong_shape():
+    a = torch.randn(6, 8, dtype=torch.float64)[:, ::2]  # neither rows nor columns contiguous
+    b = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(cpu_kernels.matmul(a, b), a @ b, **TIGHT)
+    with pytest.raises(ValueError, match="cannot multiply"):
+        cpu_kernels.matmul(a, torch.randn(5, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="out must be a contiguous"):
+        cpu_kernels.matmul(a, b, out=torch.empty(3, 6, dtype=torch.float64).t())
+
+
+@needs_kernels
+@pytest.mark.parametrize("own", [True, False])
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("num_layers,bidirectional,proj_size,lengths,with_state", LAYER_OPTIONS)
+def test_the_layers_equal_torch_with_either_matmul(kind, num_layers, bidirectional, proj_size, lengths,
+                                                   with_state, own, monkeypatch):
+    """Every layer option, float64, with the input projection, dx and the weight gradients in the
+    kernels' own matmul and in torch.mm, whichever this machine picks by default (own_matmul); the
+    size floor is lowered so that these small layers take the kernel too."""
+    from models import projection
+    monkeypatch.setattr(projection, "OWN_MATMUL_MIN", 1)
+    before = cpu_kernels.set_own_matmul(own)
+    try:
+        ours, ref = fused_pair(kind, 3, 4, num_layers=num_layers, bidirectional=bidirectional)
+        assert_same(ours, ref, *layer_inputs(kind, ours, 5, 4, lengths, with_state), **TIGHT)
+        if kind == "lstm":
+            ours, ref = fused_pair("lstm", 3, 5, num_layers=2, bidirectional=True, proj_size=2)
+            assert_same(ours, ref, *layer_inputs("lstm", ours, 4, 3, [4, 1, 3], True), **TIGHT)
+    finally:
+        cpu_kernels.set_own_matmul(before)
+
+
+@needs_kernels
+@pytest.mark.parametrize("vendor,vector_bytes,mkl,expected", [
+    ("AuthenticAMD", 64, True, True),  # MKL runs its 256-bit code on a 512-bit CPU: ours
+    ("GenuineIntel", 64, True, False),  # MKL's own AVX-512 code
+    ("AuthenticAMD", 32, True, False),  # a 256-bit build: MKL's 256-bit code is as wide
+    ("AuthenticAMD", 64, False, False),  # no MKL: whatever BLAS torch has
+    (None, 64, True, False),  # a vendor /proc/cpuinfo does not name
+])
+def test_which_machines_run_the_large_matmuls_in_the_kernels_own(vendor, vector_bytes, mkl, expected, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
+    monkeypatch.setattr(cpu_kernels, "_library", lambda: type("Lib", (), {"vector_bytes": lambda self: vector_bytes})())
+    cpu_kernels._default_own_matmul.cache_clear()
+    try:
+        assert cpu_kernels._default_own_matmul() is expected
+        assert not cpu_kernels.own_matmul(torch.zeros(1, dtype=torch.float16))  # the kernels take no half
+    finally:
+        cpu_kernels._default_own_matmul.cache_clear()
+    before = cpu_kernels.set_own_matmul(not expected)
+    try:
+        assert cpu_kernels.own_matmul(torch.zeros(1)) is (not expected)  # the switch decides over the default
+    finally:
+        cpu_kernels.set_own_matmul(before)
