@@ -825,19 +825,29 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
 
 // LSTM backward: d_out (N, H) or null, running dh and dc (B, H) in and out (the initial states'
 // gradients at the end), k (N, 5H) and acts (N, 4H) from the forward; writes dz (N, 4H). Per step,
-// as LSTMFunction: lstm_backward_row on the share, then dh = dz W_hh.
+// as LSTMFunction: lstm_backward_row on the share, then dh = dz W_hh. Given d_x (N, I) and w_ih
+// (4H, I), each step also writes its dx_t = dz_t W_ih from the same packed dz_t, which the sequence's
+// dx = dZ W_ih would have to read from memory and transpose again (shared by rows only: by units, a
+// thread holds a slice of dz_t's columns, and the caller computes dx after the loop). Given d_b (4H),
+// it writes db = Σ_rows dz there, each thread summing the dz it wrote while it is in cache.
 template <typename T>
 void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* acts, T* dz, const T* w_hh, int64_t T_,
-                            int64_t B, int64_t H, bool reverse, int threads, bool by_rows) {
+                            int64_t B, int64_t H, bool reverse, int threads, bool by_rows, const T* w_ih, int64_t I,
+                            T* d_x, T* d_b) {
     const bool rowwise = B == 1;
     Packed<T> W(rowwise ? 0 : 1, 4 * H, H);  // W_hh for dz W_hh: one block, H columns
+    Packed<T> W_in(d_x ? 1 : 0, 4 * H, I);  // W_ih for dz W_ih
     Buffer<T> partials(rowwise ? threads * H : 0);  // at batch 1: each thread's share of dz W_hh
+    Buffer<T> bias_sums(d_b ? threads * 4 * H : 0);  // each thread's Σ dz over its rows and columns
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
         Buffer<T> packed(rowwise ? 0 : packed_size(s.rows(), 4 * H));  // each step's matmul operand, packed
         if (!rowwise) pack_plain<T>(w_hh, W);
+        if (d_x) pack_plain<T>(w_ih, W_in);
+        T* db = d_b ? bias_sums.data() + thread_id() * 4 * H : nullptr;
+        if (db) std::fill(db, db + 4 * H, T(0));
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
             for (int64_t row = s.r0; row < s.r1; ++row) {
@@ -854,14 +864,28 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
                     lstm_backward_row<T, false>(dh_r, nullptr, dc_r, kr, kr + H, kr + 2 * H, kr + 3 * H, kr + 4 * H,
                                                 f, dzr, dzr + H, dzr + 2 * H, dzr + 3 * H, s.units());
             }
+            if (db)  // db += Σ_rows dz over the share's columns of each gate
+                for (int64_t row = s.r0; row < s.r1; ++row)
+                    for (int g = 0; g < 4; ++g) {
+                        const T* dzr = dz + (t * B + row) * 4 * H + g * H;
+                        for (int64_t j = s.j0; j < s.j1; ++j) db[g * H + j] += dzr[j];
+                    }
             if (!by_rows && nt > 1) {
 #pragma omp barrier
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
             backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, 4 * H, H, dz + (t * B + s.r0) * 4 * H,
                                 dh + s.r0 * H, false, packed.data());
+            if (d_x && s.rows() > 0)  // dx_t[rows] = dz_t[rows] W_ih, dz_t as backward_product packed it
+                matmul_columns<T>(W_in, 0, 0, I, s.rows(), packed.data(), d_x + (t * B + s.r0) * I, I, false);
         }
     }
+    if (d_b)
+        for (int64_t j = 0; j < 4 * H; ++j) {
+            T sum = 0;
+            for (int p = 0; p < threads; ++p) sum += bias_sums.data()[p * 4 * H + j];
+            d_b[j] = sum;
+        }
 }
 
 // GRU forward: x (N, 3H) = x_proj + b_ih; hh (N, 3H), rz (N, 2H), n (N, H) written; h history (N + B, H).
@@ -1027,19 +1051,33 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
 constexpr int64_t KC = 512, NC = 256, MC = 128 / MR * MR, MO = 8 * MC;
 
 // op(B)[k0 : k0 + P.K, j0 : j0 + P.width] packed into P's panels (one block), zeros past its width.
+// Each source row is read front to back (a strided walk down a column of a matrix that is not in the
+// cache waits on memory for every line), the panels, in L2, are written across.
 template <typename T>
 void pack_block(const T* B, int64_t ldb, bool b_t, int64_t k0, int64_t j0, Packed<T>& P) {
     constexpr int NR = Packed<T>::NR;
-    for (int64_t p = 0; p < P.panels; ++p) {
-        T* out = P.panel(0, p);
-        const int cols = static_cast<int>(std::min<int64_t>(NR, P.width - p * NR));
-        const int64_t col0 = j0 + p * NR;
-        if (b_t)  // op(B)[k, c] = B[c, k]: read B's rows front to back, write the panel (in L1) across
+    const int64_t width = P.width;
+    if (b_t) {  // op(B)[k, c] = B[c, k]: B's row c is the panel's column c
+        for (int64_t p = 0; p < P.panels; ++p) {
+            T* out = P.panel(0, p);
+            const int cols = static_cast<int>(std::min<int64_t>(NR, width - p * NR));
             for (int c = 0; c < NR; ++c)
-                for (int64_t k = 0; k < P.K; ++k) out[k * NR + c] = c < cols ? B[(col0 + c) * ldb + k0 + k] : T(0);
-        else
-            for (int64_t k = 0; k < P.K; ++k)
-                for (int c = 0; c < NR; ++c) out[k * NR + c] = c < cols ? B[(k0 + k) * ldb + col0 + c] : T(0);
+                for (int64_t k = 0; k < P.K; ++k) out[k * NR + c] = c < cols ? B[(j0 + p * NR + c) * ldb + k0 + k] : T(0);
+        }
+        return;
+    }
+    for (int64_t k = 0; k < P.K; ++k) {  // B's row k0 + k is row k of every panel
+        const T* row = B + (k0 + k) * ldb + j0;
+        for (int64_t p = 0; p < P.panels; ++p) {
+            T* out = P.panel(0, p) + k * NR;
+            const int cols = static_cast<int>(std::min<int64_t>(NR, width - p * NR));
+            if (cols == NR) {  // a whole panel row: two vectors
+                Simd<T>::store(out, Simd<T>::load(row + p * NR));
+                Simd<T>::store(out + NR / 2, Simd<T>::load(row + p * NR + NR / 2));
+            } else {
+                for (int c = 0; c < NR; ++c) out[c] = c < cols ? row[p * NR + c] : T(0);
+            }
+        }
     }
 }
 
@@ -1047,12 +1085,11 @@ void pack_block(const T* B, int64_t ldb, bool b_t, int64_t k0, int64_t j0, Packe
 template <typename T>
 void pack_block_rows(const T* A, int64_t lda, bool a_t, int64_t i0, int64_t k0, int64_t M, int64_t K, T* out) {
     if (!a_t) return pack_rows<T, MR>(A + i0 * lda + k0, lda, M, K, out);
-    for (int64_t b = 0; b * MR < M; ++b) {  // op(A)[r, k] = A[k, r]: each k's MR rows lie side by side in A
-        const int64_t rows = std::min<int64_t>(MR, M - b * MR);
-        T* __restrict__ o = out + b * K * MR;
-        const T* a = A + k0 * lda + i0 + b * MR;
-        for (int64_t k = 0; k < K; ++k)
-            for (int64_t r = 0; r < rows; ++r) o[k * MR + r] = a[k * lda + r];
+    for (int64_t k = 0; k < K; ++k) {  // op(A)[r, k] = A[k, r]: A's row k0 + k, front to back, is every block's k
+        const T* a = A + (k0 + k) * lda + i0;
+        int64_t b = 0;
+        for (; (b + 1) * MR <= M; ++b) std::memcpy(out + b * K * MR + k * MR, a + b * MR, MR * sizeof(T));
+        if (b * MR < M) std::memcpy(out + b * K * MR + k * MR, a + b * MR, (M - b * MR) * sizeof(T));
     }
 }
 
@@ -1154,8 +1191,10 @@ void matmul(const T* A, int64_t lda, bool a_t, const T* B, int64_t ldb, bool b_t
     }                                                                                                       \
     extern "C" void lstm_backward_sequence_##suffix(const T* d_out, T* dh, T* dc, const T* k, const T* acts,  \
                                                     T* dz, const T* w_hh, int64_t T_, int64_t B, int64_t H,   \
-                                                    int64_t reverse, int64_t threads, int64_t by_rows) {      \
-        lstm_backward_sequence<T>(d_out, dh, dc, k, acts, dz, w_hh, T_, B, H, reverse, threads, by_rows);     \
+                                                    int64_t reverse, int64_t threads, int64_t by_rows,        \
+                                                    const T* w_ih, int64_t I, T* d_x, T* d_b) {               \
+        lstm_backward_sequence<T>(d_out, dh, dc, k, acts, dz, w_hh, T_, B, H, reverse, threads, by_rows, w_ih, I, \
+                                  d_x, d_b);                                                                \
     }                                                                                                       \
     extern "C" void gru_forward_sequence_##suffix(const T* x, const T* bias, T* hh, T* rz, T* n, T* h,         \
                                                   const T* w_hh, int64_t T_, int64_t B, int64_t H,            \

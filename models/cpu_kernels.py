@@ -63,7 +63,7 @@ _SIGNATURES = {  # name: argument types (pointers, then sizes)
     "matmul": [_P, _N, _N, _P, _N, _N, _P, _P] + [_N] * 6,
     "lstm_packed_size": [_N] * 2,
     "lstm_forward_sequence": [_P] * 3 + [_N] + [_P] * 5 + [_N] * 6 + [_P, _N],
-    "lstm_backward_sequence": [_P] * 7 + [_N] * 6,
+    "lstm_backward_sequence": [_P] * 7 + [_N] * 6 + [_P, _N, _P, _P],
     "gru_forward_sequence": [_P] * 7 + [_N] * 6,
     "gru_backward_sequence": [_P] * 9 + [_N] * 6,
     "rnn_forward_sequence": [_P] * 4 + [_N] * 7,
@@ -393,12 +393,24 @@ class PackedWeight:
         return self.buffer, ready
 
 
-def lstm_backward_sequence(d_out, dh, dc, k, acts, dz, weight_hh, batch, reverse):
-    """Every step of LSTMFunction.backward's loop: dh, dc (B, H) in place; dz (N, 4H) written."""
+def lstm_backward_sequence(d_out, dh, dc, k, acts, dz, weight_hh, batch, reverse, weight_ih=None, bias_grad=False):
+    """Every step of LSTMFunction.backward's loop: dh, dc (B, H) in place; dz (N, 4H) written.
+
+    Returns (d_x, d_b): with weight_ih (4H, I), d_x = dZ W_ih (N, I) computed step by step from each
+    step's dz as the loop's matmul packed it, where the step is shared by batch rows (else None: the
+    caller multiplies after the loop); with bias_grad, d_b = Σ_rows dz (4H,) (else None)."""
     H = dc.shape[1]
     threads, by_rows = split(batch, weight_hh)
-    _fn("lstm_backward_sequence", dz)(*_contiguous(d_out, dh, dc, k, acts, dz, weight_hh), dz.shape[0] // batch,
-                                      batch, H, reverse, threads, by_rows)
+    N = dz.shape[0]
+    d_x = None
+    if weight_ih is not None and batch > 1 and (by_rows or threads == 1):
+        weight_ih = weight_ih.contiguous()
+        d_x = torch.empty(N, weight_ih.shape[1], dtype=dz.dtype)
+    d_b = torch.empty(4 * H, dtype=dz.dtype) if bias_grad else None
+    _fn("lstm_backward_sequence", dz)(*_contiguous(d_out, dh, dc, k, acts, dz, weight_hh), N // batch, batch, H,
+                                      reverse, threads, by_rows, *_contiguous(weight_ih if d_x is not None else None),
+                                      d_x.shape[1] if d_x is not None else 0, *_contiguous(d_x, d_b))
+    return d_x, d_b
 
 
 def gru_forward_sequence(x_proj, bias_hh, hh, rz, n, h, weight_hh, batch, reverse):

@@ -137,16 +137,17 @@ class LSTMFunction(torch.autograd.Function):
         dh = grad_buffer(d_hn, (layout.B, P), k)  # (B, P): running ∂L/∂h
         dc = grad_buffer(d_cn, (layout.B, H), k)  # (B, H): running ∂L/∂c
         d_out = d_out.contiguous() if d_out is not None else k.new_zeros(N, P)
-        dh_total = None
-        if weight_hr is None and whole_sequence(layout, k):
-            cpu_kernels.lstm_backward_sequence(d_out, dh, dc, k, acts, dz, weight_hh.contiguous(), layout.B,
-                                               layout.reverse)
+        need = dict(zip(INPUTS["LSTM"], ctx.needs_input_grad))
+        dh_total = d_x = d_b = None
+        if weight_hr is None and whole_sequence(layout, k):  # the loop can give dx and db as it goes
+            d_x, d_b = cpu_kernels.lstm_backward_sequence(
+                d_out, dh, dc, k, acts, dz, weight_hh.contiguous(), layout.B, layout.reverse,
+                weight_ih if need["x"] else None, need["bias_ih"] or need["bias_hh"])
         else:
             dh_total = _backward_steps(layout, d_out, dh, dc, k, acts, dz, weight_hh, weight_hr)
 
-        need = dict(zip(INPUTS["LSTM"], ctx.needs_input_grad))
         d_x, d_w_ih, d_b_ih, d_b_hh = input_grads(ctx.needs_input_grad, dz, x, weight_ih,
-                                                  (need["bias_ih"], need["bias_hh"]))
+                                                  (need["bias_ih"], need["bias_hh"]), d_x, d_b)
         d_w_hh = mm(dz.t(), h_prev) if need["weight_hh"] else None  # dW_hh = dZᵀ H_prev  (4H, P)
         d_w_hr = (mm(dh_total.t(), m_buf)  # dW_hr = DHᵀ M  (P, H)
                   if weight_hr is not None and need["weight_hr"] else None)

@@ -51,19 +51,22 @@ def summed_bias(*biases):
 NARROW_INPUT = 64
 
 
-def input_grads(need, d_proj, x, weight_ih, bias_grads):
+def input_grads(need, d_proj, x, weight_ih, bias_grads, d_x=None, d_b=None):
     """The gradients of x, W_ih and each bias from d x_proj (N, G·H), as needs_input_grad asks.
 
     x_proj = x W_ihᵀ + b:  dx = d x_proj W_ih,  dW_ih = d x_projᵀ x,  db = Σ_rows d x_proj, the same
     sum for every bias that was added (each gets its own copy: they are different parameters' grads).
+    d_x, d_b: those two where the backward loop has computed them already.
     """
-    d_x = mm(d_proj, weight_ih) if need[0] else None  # (N, I)
+    if need[0] and d_x is None:
+        d_x = mm(d_proj, weight_ih)  # (N, I)
     d_w_ih = None
     if need[1] and x.shape[1] < NARROW_INPUT:  # as (xᵀ d x_proj)ᵀ: the BLAS handles a wide product better
         d_w_ih = mm(x.t(), d_proj).t().contiguous()  # (G·H, I)
     elif need[1]:
         d_w_ih = mm(d_proj.t(), x)  # (G·H, I)
-    d_b = d_proj.sum(0) if any(bias_grads) else None  # (G·H,)
+    if any(bias_grads) and d_b is None:
+        d_b = d_proj.sum(0)  # (G·H,)
     d_biases, shared = [], False
     for wanted in bias_grads:
         d_biases.append((d_b.clone() if shared else d_b) if wanted else None)
