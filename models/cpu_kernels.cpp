@@ -520,6 +520,51 @@ inline void panel_kernel_rows(int rows, const T* A, const T* panel, int64_t K, T
     }
 }
 
+// dst[k · ldd + r] = src[r · ld + k] for r < rows ≤ 16 and k < 16, dst's first `cols` values a k: a
+// 16 × 16 block of floats transposed in AVX-512 registers (four rounds of two-source permutes, each
+// swapping the off-diagonal blocks of half the size), rows past `rows` read as zeros. What the
+// packing functions below do value by value elsewhere, for double, and for the edges.
+#ifdef __AVX512F__
+template <int h>
+struct TransposeRound {  // the permutes' lanes: (c & h) == 0 ? row i's c : row i + h's c − h, and the rest
+    struct Lanes {
+        alignas(64) int32_t lo[16], hi[16];
+    };
+    static constexpr Lanes lanes() {
+        Lanes l{};
+        for (int c = 0; c < 16; ++c) {
+            l.lo[c] = (c & h) ? 16 + c - h : c;
+            l.hi[c] = (c & h) ? 16 + c : c + h;
+        }
+        return l;
+    }
+    static inline void apply(__m512* v) {
+        static constexpr Lanes l = lanes();
+        const __m512i lo = _mm512_load_si512(l.lo), hi = _mm512_load_si512(l.hi);
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i)
+            if (!(i & h)) {
+                const __m512 a = v[i], b = v[i + h];
+                v[i] = _mm512_permutex2var_ps(a, lo, b);
+                v[i + h] = _mm512_permutex2var_ps(a, hi, b);
+            }
+    }
+};
+
+inline void transpose_16x16(const float* src, int64_t ld, int rows, float* dst, int64_t ldd, int cols) {
+    __m512 v[16];
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; ++r) v[r] = r < rows ? _mm512_loadu_ps(src + r * ld) : _mm512_setzero_ps();
+    TransposeRound<8>::apply(v);
+    TransposeRound<4>::apply(v);
+    TransposeRound<2>::apply(v);
+    TransposeRound<1>::apply(v);
+    const __mmask16 keep = static_cast<__mmask16>((1u << cols) - 1);
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; ++k) _mm512_mask_storeu_ps(dst + k * ldd, keep, v[k]);
+}
+#endif
+
 // A (M × K, lda) packed for the panel kernel in blocks of S rows, k-major: row b·S + r's k-th value
 // at b·block + k·S + r (block = K·S, or more when A is the first columns of a wider packed matrix).
 // The kernel then reads A as one stream, at fixed offsets from one pointer.
@@ -530,11 +575,16 @@ void pack_rows(const T* A, int64_t lda, int64_t M, int64_t K, T* __restrict__ ou
         const int64_t rows = std::min<int64_t>(S, M - b * S);
         T* __restrict__ o = out + b * block;
         const T* a = A + b * S * lda;
+        int64_t k = 0;
+#ifdef __AVX512F__
+        if constexpr (std::is_same_v<T, float> && S <= 16)  // 16 values of k at a time, in registers
+            for (; k + 16 <= K; k += 16) transpose_16x16(a + k, lda, static_cast<int>(rows), o + k * S, S, S);
+#endif
         if (rows == S)  // written in order, read as S streams of rows
-            for (int64_t k = 0; k < K; ++k)
+            for (; k < K; ++k)
                 for (int r = 0; r < S; ++r) o[k * S + r] = a[r * lda + k];
         else
-            for (int64_t k = 0; k < K; ++k)
+            for (; k < K; ++k)
                 for (int64_t r = 0; r < rows; ++r) o[k * S + r] = a[r * lda + k];
     }
 }
@@ -1061,8 +1111,16 @@ void pack_block(const T* B, int64_t ldb, bool b_t, int64_t k0, int64_t j0, Packe
         for (int64_t p = 0; p < P.panels; ++p) {
             T* out = P.panel(0, p);
             const int cols = static_cast<int>(std::min<int64_t>(NR, width - p * NR));
+            const T* rows = B + (j0 + p * NR) * ldb + k0;
+            int64_t k = 0;
+#ifdef __AVX512F__
+            if constexpr (std::is_same_v<T, float>)  // 16 × 16 blocks in registers, zeros past the last column
+                for (; k + 16 <= P.K; k += 16)
+                    for (int c = 0; c < NR; c += 16)
+                        transpose_16x16(rows + c * ldb + k, ldb, std::clamp(cols - c, 0, 16), out + k * NR + c, NR, 16);
+#endif
             for (int c = 0; c < NR; ++c)
-                for (int64_t k = 0; k < P.K; ++k) out[k * NR + c] = c < cols ? B[(j0 + p * NR + c) * ldb + k0 + k] : T(0);
+                for (int64_t kk = k; kk < P.K; ++kk) out[kk * NR + c] = c < cols ? rows[c * ldb + kk] : T(0);
         }
         return;
     }
