@@ -1097,8 +1097,9 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
 // tall, and packs its own blocks (what two threads would both pack is then the smaller operand), so
 // the threads never wait for each other. This is what the fast path's large matmuls run where torch's BLAS would leave
 // this build's vectors half used (models.cpu_kernels.own_matmul says where).
-// op(A) is packed MO rows at a time for all of op(B)'s column blocks, then multiplied MC rows at a time.
-constexpr int64_t KC = 512, NC = 256, MC = 128 / MR * MR, MO = 8 * MC;
+// A block of op(A), MC × KC, is packed once for all of op(B)'s column blocks; with one block of op(B),
+// KC × NC, it stays in a core's L2 (the kernel reads one panel of the one and MR rows of the other from L1).
+constexpr int64_t KC = 512, NC = 256, MC = 128 / MR * MR;
 
 // op(B)[k0 : k0 + P.K, j0 : j0 + P.width] packed into P's panels (one block), zeros past its width.
 // Each source row is read front to back (a strided walk down a column of a matrix that is not in the
@@ -1174,27 +1175,23 @@ void matmul(const T* A, int64_t lda, bool a_t, const T* B, int64_t ldb, bool b_t
         const int64_t lo = tiles * p / nt * tile, hi = tiles * (p + 1) / nt * tile;  // this thread's slice
         const int64_t i0 = by_rows ? std::min(M, lo) : 0, i1 = by_rows ? std::min(M, hi) : M;
         const int64_t j_begin = by_rows ? 0 : std::min(N, lo), j_end = by_rows ? N : std::min(N, hi);
-        Buffer<T> a_pack(packed_size(MO, KC)), b_pack(Packed<T>::size(1, KC, NC));
-        for (int64_t o0 = i0; o0 < i1; o0 += MO)
+        Buffer<T> a_pack(packed_size(MC, KC)), b_pack(Packed<T>::size(1, KC, NC));
+        for (int64_t m0 = i0; m0 < i1; m0 += MC)
             for (int64_t k0 = 0; k0 < K && j_begin < j_end; k0 += KC) {
-                const int64_t kc = std::min(KC, K - k0);
-                pack_block_rows<T>(A, lda, a_t, o0, k0, std::min(MO, i1 - o0), kc, a_pack.data());
+                const int64_t rows = std::min(MC, i1 - m0), kc = std::min(KC, K - k0);
+                pack_block_rows<T>(A, lda, a_t, m0, k0, rows, kc, a_pack.data());
                 for (int64_t j0 = j_begin; j0 < j_end; j0 += NC) {
                     Packed<T> P(1, kc, std::min(NC, j_end - j0), b_pack.data());
                     pack_block<T>(B, ldb, b_t, k0, j0, P);
-                    for (int64_t m0 = o0; m0 < std::min(o0 + MO, i1); m0 += MC) {
-                        const int64_t rows = std::min(MC, i1 - m0);
-                        const T* packed = a_pack.data() + (m0 - o0) * kc;  // its MR-row blocks of kc values each
-                        T* block = C + m0 * ldc + j0;
-                        bool add = accumulate || k0 > 0;
-                        if (k0 == 0 && bias) {  // the bias first, then the products are added to it
-                            for (int64_t r = 0; r < rows; ++r)
-                                for (int64_t j = 0; j < P.width; ++j)
-                                    block[r * ldc + j] = accumulate ? block[r * ldc + j] + bias[j0 + j] : bias[j0 + j];
-                            add = true;
-                        }
-                        matmul_columns<T>(P, 0, 0, P.width, rows, packed, block, ldc, add);
+                    T* block = C + m0 * ldc + j0;
+                    bool add = accumulate || k0 > 0;
+                    if (k0 == 0 && bias) {  // the bias first, then the products are added to it
+                        for (int64_t r = 0; r < rows; ++r)
+                            for (int64_t j = 0; j < P.width; ++j)
+                                block[r * ldc + j] = accumulate ? block[r * ldc + j] + bias[j0 + j] : bias[j0 + j];
+                        add = true;
                     }
+                    matmul_columns<T>(P, 0, 0, P.width, rows, a_pack.data(), block, ldc, add);
                 }
             }
     }
