@@ -889,6 +889,7 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
     Packed<T> W_in(d_x ? 1 : 0, 4 * H, I);  // W_ih for dz W_ih
     Buffer<T> partials(rowwise ? threads * H : 0);  // at batch 1: each thread's share of dz W_hh
     Buffer<T> bias_sums(d_b ? threads * 4 * H : 0);  // each thread's Σ dz over its rows and columns
+    if (d_b) std::fill(bias_sums.data(), bias_sums.data() + threads * 4 * H, T(0));  // a team may be smaller
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
@@ -897,7 +898,6 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
         if (!rowwise) pack_plain<T>(w_hh, W);
         if (d_x) pack_plain<T>(w_ih, W_in);
         T* db = d_b ? bias_sums.data() + thread_id() * 4 * H : nullptr;
-        if (db) std::fill(db, db + 4 * H, T(0));
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? step : T_ - 1 - step;
             for (int64_t row = s.r0; row < s.r1; ++row) {
