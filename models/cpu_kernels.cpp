@@ -67,9 +67,11 @@ struct Avx2 {
     static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
     static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
     static V div(V a, V b) { return _mm256_div_ps(a, b); }
+    static V reciprocal(V d) { return _mm256_div_ps(_mm256_set1_ps(1.0f), d); }
     static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }   // a b + c
     static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); } // c − a b
     static V fnmsub(V a, V b, V c) { return _mm256_fnmsub_ps(a, b, c); } // −a b − c
+    static V fmsub(V a, V b, V c) { return _mm256_fmsub_ps(a, b, c); }   // a b − c
     static V min(V a, V b) { return _mm256_min_ps(a, b); }
     static V max(V a, V b) { return _mm256_max_ps(a, b); }
     static V floor(V x) { return _mm256_floor_ps(x); }
@@ -91,9 +93,14 @@ struct Avx512 {
     static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
     static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
     static V div(V a, V b) { return _mm512_div_ps(a, b); }
+    static V reciprocal(V d) {  // 1/d for d ≥ 1: VRCP14PS's 14 bits, then one Newton step y(2 − d y)
+        const V y = _mm512_rcp14_ps(d);
+        return _mm512_mul_ps(y, _mm512_fnmadd_ps(d, y, _mm512_set1_ps(2.0f)));
+    }
     static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
     static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
     static V fnmsub(V a, V b, V c) { return _mm512_fnmsub_ps(a, b, c); }
+    static V fmsub(V a, V b, V c) { return _mm512_fmsub_ps(a, b, c); }
     static V min(V a, V b) { return _mm512_min_ps(a, b); }
     static V max(V a, V b) { return _mm512_max_ps(a, b); }
     static V floor(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
@@ -125,12 +132,12 @@ inline typename O::V exp_scaled_v(typename O::V x) {
 
 template <typename O>
 inline typename O::V sigmoid_v(typename O::V x) {  // 1 / (1 + e^−x)
-    return O::div(O::set(1.0f), O::add(O::set(1.0f), exp_scaled_v<O, -1>(x)));
+    return O::reciprocal(O::add(O::set(1.0f), exp_scaled_v<O, -1>(x)));
 }
 
 template <typename O>
 inline typename O::V tanh_v(typename O::V x) {  // 2σ(2x) − 1
-    return O::sub(O::div(O::set(2.0f), O::add(O::set(1.0f), exp_scaled_v<O, -2>(x))), O::set(1.0f));
+    return O::fmsub(O::set(2.0f), O::reciprocal(O::add(O::set(1.0f), exp_scaled_v<O, -2>(x))), O::set(1.0f));
 }
 
 // lstm_forward_row's formulas (below) for O::width units from unit j on.

@@ -44,12 +44,12 @@ def leaves(out):
 
 def forward_and_grads(module, inputs, upstream_seed=0):
     """Run module(*inputs); return its output tensors and the gradients of a fixed random loss
-    with respect to every floating input tensor that requires grad and every named parameter."""
+    with respect to every floating input tensor and every named parameter that requires grad."""
     outs = leaves(module(*inputs))
     gen = torch.Generator().manual_seed(upstream_seed)
     loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype).to(o.device)).sum() for o in outs)
     in_tensors = [t for t in leaves([i for i in inputs if i is not None]) if t.requires_grad]
-    names, params = zip(*module.named_parameters())
+    names, params = zip(*[(name, p) for name, p in module.named_parameters() if p.requires_grad])
     grads = torch.autograd.grad(loss, in_tensors + list(params), allow_unused=True)
     return outs, grads[: len(in_tensors)], dict(zip(names, grads[len(in_tensors):]))
 
