@@ -836,9 +836,12 @@ void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_
 template <typename T, bool FOR_BACKWARD, bool BIAS, bool INPUT>
 void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const T* bias, T* h, T* c, T* k,
                            const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads, bool by_rows,
-                           T* w_packed, bool w_packed_ready) {
+                           T* w_packed, bool w_packed_ready, bool c_two_rows) {
     const bool rowwise = B == 1;
     if (!INPUT) I = 0;
+    // c_two_rows: c holds two states (2B, H), not a history: step t's in the rows the history would
+    // give it, modulo 2B (the forward without a backward needs only the last c).
+    auto c_row = [&](int64_t row) { return c_two_rows ? row % (2 * B) : row; };
     Packed<T> W(rowwise ? 0 : 4, I + H, H, w_packed);  // [W_ih | W_hh] for [x_t | h_prev] [W_ih | W_hh]ᵀ
 #pragma omp parallel num_threads(threads)
     {
@@ -852,9 +855,9 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
             const int64_t t = reverse ? T_ - 1 - step : step;
             T* acts_t = acts ? acts + (t * B + s.r0) * 4 * H : nullptr;
             const T* h_prev = h + (previous_row(t, T_, B, reverse) + s.r0) * H;
-            const T* c_prev = c + (previous_row(t, T_, B, reverse) + s.r0) * H;
+            const T* c_prev = c + (c_row(previous_row(t, T_, B, reverse)) + s.r0) * H;
             T* h_t = h + (state_row(t, T_, B, reverse) + s.r0) * H;
-            T* c_t = c + (state_row(t, T_, B, reverse) + s.r0) * H;
+            T* c_t = c + (c_row(state_row(t, T_, B, reverse)) + s.r0) * H;
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
@@ -1236,11 +1239,13 @@ void matmul(const T* A, int64_t lda, bool a_t, const T* B, int64_t ldb, bool b_t
     extern "C" void lstm_forward_sequence_##suffix(T* acts, const T* x, const T* w_ih, int64_t I,            \
                                                    const T* bias, T* h, T* c, T* k, const T* w_hh, int64_t T_, \
                                                    int64_t B, int64_t H, int64_t reverse, int64_t threads,    \
-                                                   int64_t by_rows, T* w_packed, int64_t w_packed_ready) {    \
+                                                   int64_t by_rows, T* w_packed, int64_t w_packed_ready,      \
+                                                   int64_t c_two_rows) {                                      \
         auto run = [&](auto for_backward, auto has_bias, auto input) {                                          \
             lstm_forward_sequence<T, decltype(for_backward)::value, decltype(has_bias)::value,                    \
                                   decltype(input)::value>(acts, x, w_ih, I, bias, h, c, k, w_hh, T_, B, H,   \
-                                                          reverse, threads, by_rows, w_packed, w_packed_ready); \
+                                                          reverse, threads, by_rows, w_packed, w_packed_ready, \
+                                                          c_two_rows);                                      \
         };                                                                                                  \
         auto with_input = [&](auto for_backward, auto has_bias) {                                               \
             if (x) run(for_backward, has_bias, std::true_type{});                                               \

@@ -62,7 +62,7 @@ _SIGNATURES = {  # name: argument types (pointers, then sizes)
     "tanh": [_P, _N],
     "matmul": [_P, _N, _N, _P, _N, _N, _P, _P] + [_N] * 6,
     "lstm_packed_size": [_N] * 2,
-    "lstm_forward_sequence": [_P] * 3 + [_N] + [_P] * 5 + [_N] * 6 + [_P, _N],
+    "lstm_forward_sequence": [_P] * 3 + [_N] + [_P] * 5 + [_N] * 6 + [_P, _N, _N],
     "lstm_backward_sequence": [_P] * 7 + [_N] * 6 + [_P, _N, _P, _P],
     "gru_forward_sequence": [_P] * 7 + [_N] * 6,
     "gru_backward_sequence": [_P] * 9 + [_N] * 6,
@@ -359,6 +359,8 @@ def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None
     """Every step of LSTMFunction.forward (no projection): acts (N, 4H) = x W_ihᵀ, read (when k is
     given, f goes to its f column); bias (4H,) = b_ih + b_hh, added in each step, or None (then acts
     holds it already); h, c histories (N + B, H) with the initial states in place; k (N, 5H) or None.
+    c may instead hold two states (2B, H) (`two_states`): each step's c goes to the rows the history
+    would give it, modulo 2B, and only the last one is kept.
 
     With x (N, I) and weight_ih (4H, I), each step computes its own x_t W_ihᵀ together with its
     recurrent matmul, and acts is then only where f goes for the backward (its other columns are left
@@ -374,8 +376,13 @@ def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None
         raise ValueError("lstm_forward_sequence: a PackedWeight holds W_hh alone, so it cannot serve a kernel "
                          "that projects its input in the step (x given); pass packed=None there")
     w_packed, ready = (None, False) if packed is None else packed.use()
+    two_states = c.shape[0] < (steps + 1) * batch  # (for one step the two are the same)
+    if two_states and c.shape[0] != 2 * batch:
+        raise ValueError(f"lstm_forward_sequence: c must hold the history (at least {(steps + 1) * batch} rows) or "
+                         f"two states ({2 * batch} rows), got {c.shape[0]} rows")
     _fn("lstm_forward_sequence", h)(*_contiguous(acts, x, weight_ih), I, *_contiguous(bias, h, c, k, weight_hh),
-                                    steps, batch, H, reverse, threads, by_rows, *_contiguous(w_packed), ready)
+                                    steps, batch, H, reverse, threads, by_rows, *_contiguous(w_packed), ready,
+                                    two_states)
 
 
 class PackedWeight:

@@ -89,9 +89,8 @@ class LSTMFunction(torch.autograd.Function):
         if weight_hr is None and not for_backward and whole_sequence(layout, x):
             # Nothing is saved, so h's history is the caller's own buffer and its output a view of it.
             h_buf, out, outs, h_init = layout.history(h0, x, pooled=False)  # (N + B, H)
-            c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
-            _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, weight_hh)
-            return out, layout.final(outs, h_init), layout.final(c_outs, c_init)
+            c_n = _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c0, weight_hh)
+            return out, layout.final(outs, h_init), c_n
         h_buf, out, outs, h_init = layout.history(h0, x)  # (N + B, P)
         c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
         # z without its recurrent part for all steps, in one matmul; each step of the per-step route
@@ -175,20 +174,23 @@ def steps_project_input(x, batch, for_backward):
     return x.shape[1] <= STEP_INPUT_MAX or (not for_backward and batch >= STEP_INPUT_MIN_BATCH)
 
 
-def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, weight_hh):
-    """The forward without a backward to follow, on the sequence kernel.
+def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c0, weight_hh):
+    """The forward without a backward to follow, on the sequence kernel; returns the final c (B, H).
 
-    With the input projected in the step (`steps_project_input`), in one call. Else a few steps at a
-    time: nothing of a step but its states outlives the step, so the input projection is computed for
-    a chunk of steps (about CHUNK_BYTES of z) just before they run, into a buffer that each chunk
-    reuses while it is still in cache, instead of for the whole sequence at once.
+    With the input projected in the step (`steps_project_input`), in one call, which keeps only two
+    states of c (the last one is all that is returned). Else a few steps at a time: nothing of a
+    step but its states outlives the step, so the input projection is computed for a chunk of steps
+    (about CHUNK_BYTES of z) just before they run, into a buffer that each chunk reuses while it is
+    still in cache, instead of for the whole sequence at once.
     """
     B, T, H = layout.B, layout.T, h_buf.shape[1]
     if steps_project_input(x, B, for_backward=False):  # no x_proj at all: every step projects its own input
+        c_buf, c_n = layout.two_states(c0)  # (2B, H)
         cpu_kernels.lstm_forward_sequence(None, summed_bias(bias_ih, bias_hh), h_buf, c_buf, None,
                                           weight_hh.contiguous(), B, layout.reverse, x.contiguous(),
                                           weight_ih.contiguous())
-        return
+        return c_n.clone()
+    c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
     steps = max(1, CHUNK_BYTES // (B * 4 * H * x.element_size()))
     starts = range(0, T, steps)
     w_hh, bias = weight_hh.contiguous(), summed_bias(bias_ih, bias_hh)
@@ -200,6 +202,7 @@ def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c_buf, wei
         # it, the state before them: step t0 − 1's (forwards) or step t1's (backwards), else h0.
         cpu_kernels.lstm_forward_sequence(acts, bias, h_buf[t0 * B :], c_buf[t0 * B :], None, w_hh, B, layout.reverse,
                                           packed=packed)
+    return layout.final(c_outs, c_init)
 
 
 def _forward_steps(layout, acts, k, weight_hh, weight_hr, h, c):

@@ -133,22 +133,34 @@ def test_the_weight_panel_prefetch_leaves_every_result_as_it_is(kind, threads, b
 @pytest.mark.parametrize("chunk_steps", [1, 3, 7])
 @pytest.mark.parametrize("threads,by_rows", [(1, True), (2, True), (2, False)])
 @pytest.mark.parametrize("input_in_steps", ["narrow", "batch", "chunks"])
-def test_lstm_forward_without_grad_in_chunks_equals_torch(chunk_steps, threads, by_rows, input_in_steps,
+@pytest.mark.parametrize("steps", [7, 6])
+def test_lstm_forward_without_grad_in_chunks_equals_torch(chunk_steps, threads, by_rows, input_in_steps, steps,
                                                           monkeypatch):
     """Without a backward the LSTM runs its sequence a chunk of steps at a time: chunks of 1, of 3
     (7 steps: 3 + 3 + 1) and of all 7 steps, both directions, give torch.nn's outputs and states; or,
     projecting its input step by step (an input as narrow as STEP_INPUT_MAX, or a wide one in a batch
-    of STEP_INPUT_MIN_BATCH rows), the whole sequence in one call."""
+    of STEP_INPUT_MIN_BATCH rows), the whole sequence in one call, which keeps two states of c (an odd
+    and an even number of steps: the last c in either of its halves, in either direction)."""
     from models import lstm_function
     monkeypatch.setattr(lstm_function, "STEP_INPUT_MAX", 64 if input_in_steps == "narrow" else 0)
     monkeypatch.setattr(lstm_function, "STEP_INPUT_MIN_BATCH", 5 if input_in_steps == "batch" else 6)
     monkeypatch.setattr(cpu_kernels, "split", lambda batch, weight: (threads, by_rows))
     monkeypatch.setattr(lstm_function, "CHUNK_BYTES", chunk_steps * 5 * 4 * 40 * 8)  # B · 4H · 8 bytes a step
     ours, ref = fused_pair("lstm", 3, 40, num_layers=2, bidirectional=True)
-    x, hx = layer_inputs("lstm", ours, 7, 5)
+    x, hx = layer_inputs("lstm", ours, steps, 5)
     with torch.no_grad():
         got, want = ours(x, hx), ref(x, hx)
     torch.testing.assert_close(got, want, **TIGHT)
+
+
+@needs_sequences
+def test_the_lstm_sequence_kernel_refuses_a_cell_state_buffer_of_the_wrong_size():
+    B, T, H = 3, 4, 5
+    h, c = torch.zeros((T + 1) * B, H), torch.zeros(3 * B, H)  # neither a history (5B rows) nor two states
+    with pytest.raises(ValueError, match=r"c must hold the history \(at least 15 rows\) or two states \(6 rows\), "
+                                         r"got 9 rows"):
+        cpu_kernels.lstm_forward_sequence(None, None, h, c, None, torch.zeros(4 * H, H), B, False,
+                                          torch.zeros(T * B, 2), torch.zeros(4 * H, 2))
 
 
 @pytest.mark.parametrize("input_size,batch,for_backward,expected", [
