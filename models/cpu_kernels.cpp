@@ -426,6 +426,9 @@ struct Packed {
 // and the recurrent matmul in one (P.K = K_in + K). Called by every thread of a team, which share the
 // panels; returns after the last panel is written (omp for's barrier).
 template <typename T>
+void pack_panel_transposed(const T* W, int64_t K, int64_t row0, int cols, T* out);
+
+template <typename T>
 void pack_transposed(const T* W, int blocks, Packed<T>& P, const T* W_in = nullptr, int64_t K_in = 0) {
     constexpr int NR = Packed<T>::NR;
     const int64_t K = P.K - K_in, width = P.width, count = blocks * P.panels;
@@ -436,11 +439,8 @@ void pack_transposed(const T* W, int blocks, Packed<T>& P, const T* W_in = nullp
         T* out = P.panel(g, p);
         const int cols = static_cast<int>(std::min<int64_t>(NR, width - p * NR));
         const int64_t row0 = g * width + p * NR;  // the panel's columns are the weights' rows row0 …
-        for (int64_t k = 0; k < K_in; ++k)  // written in order; read as NR streams of rows
-            for (int c = 0; c < NR; ++c) out[k * NR + c] = c < cols ? W_in[(row0 + c) * K_in + k] : T(0);
-        out += K_in * NR;
-        for (int64_t k = 0; k < K; ++k)
-            for (int c = 0; c < NR; ++c) out[k * NR + c] = c < cols ? W[(row0 + c) * K + k] : T(0);
+        if (K_in > 0) pack_panel_transposed<T>(W_in, K_in, row0, cols, out);
+        pack_panel_transposed<T>(W, K, row0, cols, out + K_in * NR);
     }
 }
 
@@ -571,6 +571,26 @@ inline void transpose_16x16(const float* src, int64_t ld, int rows, float* dst, 
     for (int k = 0; k < 16; ++k) _mm512_mask_storeu_ps(dst + k * ldd, keep, v[k]);
 }
 #endif
+
+// One weight panel for pack_transposed: out[k·NR + c] = W[(row0 + c)·K + k] for c < cols, zeros for
+// the rest (W row-major, K columns). Written in order; read as NR streams of rows, or, for float in
+// AVX-512 (NR = 32), as two stacks of 16 rows transposed 16 values of k at a time in registers.
+template <typename T>
+void pack_panel_transposed(const T* W, int64_t K, int64_t row0, int cols, T* out) {
+    constexpr int NR = Packed<T>::NR;
+    int64_t k = 0;
+#ifdef __AVX512F__
+    if constexpr (std::is_same_v<T, float> && NR == 32)
+        for (; k + 16 <= K; k += 16)
+            for (int half = 0; half < 2; ++half) {
+                const int rows = std::max(0, std::min(16, cols - 16 * half));  // rows past `rows` read as zeros
+                const T* src = rows > 0 ? W + (row0 + 16 * half) * K + k : W;
+                transpose_16x16(src, K, rows, out + k * NR + 16 * half, NR, 16);
+            }
+#endif
+    for (; k < K; ++k)
+        for (int c = 0; c < NR; ++c) out[k * NR + c] = c < cols ? W[(row0 + c) * K + k] : T(0);
+}
 
 // A (M × K, lda) packed for the panel kernel in blocks of S rows, k-major: row b·S + r's k-th value
 // at b·block + k·S + r (block = K·S, or more when A is the first columns of a wider packed matrix).

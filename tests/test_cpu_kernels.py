@@ -56,9 +56,18 @@ def test_float32_kernels_equal_torch_at_the_mnist_shape(kind):
     float32 rounding of torch.nn over the whole sequence, forward and backward. A parameter's gradient
     sums 1792 positions, so its tolerance is relative to its largest element (as in the benchmark's
     check), not to each element."""
-    ours, ref = fused_pair(kind, 28, 128, dtype=torch.float32)
-    x, hx = layer_inputs(kind, ours, 28, 64)
-    results = [forward_and_grads(module, clone_inputs([x, hx])) for module in (ours, ref)]
+    assert_float32_close(kind, *fused_pair(kind, 28, 128, dtype=torch.float32), 28, 64)
+
+
+def assert_float32_close(kind, ours, ref, steps, batch, no_grad=False):
+    """ours and ref within float32 rounding of each other: outputs, final states and, unless no_grad,
+    every gradient (a parameter's relative to its largest element: it sums steps · batch positions)."""
+    x, hx = layer_inputs(kind, ours, steps, batch)
+    if no_grad:
+        with torch.no_grad():
+            results = [(leaves(module(*clone_inputs([x, hx]))), [], {}) for module in (ours, ref)]
+    else:
+        results = [forward_and_grads(module, clone_inputs([x, hx])) for module in (ours, ref)]
     (out_a, gin_a, gp_a), (out_b, gin_b, gp_b) = results
     for a, b in zip([*out_a, *gin_a, *gp_a.values()], [*out_b, *gin_b, *gp_b.values()]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-6 * max(1.0, b.abs().max().item()))
@@ -69,6 +78,18 @@ def test_float32_kernels_equal_torch_at_the_mnist_shape(kind):
 needs_sequences = pytest.mark.skipif(not cpu_kernels.sequence_usable(torch.zeros(1)),
                                      reason="the CPU kernels did not build here (no C++ compiler?)")
 SPLITS = [(1, True), (2, True), (3, True), (2, False), (3, False)]  # (threads, by_rows)
+
+
+@needs_sequences
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("threads,by_rows", [(1, True), (2, False)])
+@pytest.mark.parametrize("no_grad", [False, True])
+def test_float32_sequence_kernels_equal_torch_in_partial_panels(kind, threads, by_rows, no_grad, monkeypatch):
+    """float32 takes the kernels' vector code (the float64 tests take their scalar code): a hidden size of
+    two weight panels and a part of one that is not a whole 16-row stack (72 = 32 + 32 + 8), an input of
+    several 16-value blocks of k and a remainder (70), a batch of two row blocks and a shorter one."""
+    monkeypatch.setattr(cpu_kernels, "split", lambda batch, weight: (threads, by_rows))
+    assert_float32_close(kind, *fused_pair(kind, 70, 72, dtype=torch.float32, bidirectional=True), 5, 30, no_grad)
 
 
 @needs_sequences
