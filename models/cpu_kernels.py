@@ -296,10 +296,9 @@ def own_matmul(tensor):
     """Whether the fast path's large matmuls (input projection, dx, weight gradients) run in `matmul`
     above rather than torch.mm for `tensor`: where the kernels are usable, `set_own_matmul` says so, or,
     by default, where this build computes in 512-bit vectors on a CPU that is not Intel's: the x86
-    torch's BLAS is MKL, which runs its 256-bit code there (seen on an AMD EPYC Zen 5: MKL's sgemm at
-    about half our kernel's GFLOP/s for the fast path's shapes, timed with torch.utils.benchmark). On
-    Intel CPUs, and where the kernels are built for 256-bit vectors, MKL keeps them: the CPU benchmarks
-    in results/ were measured with it there, and ours has not been timed against it on such a CPU."""
+    torch's BLAS is MKL, which runs its 256-bit code there. On Intel CPUs MKL runs its AVX-512 code and
+    keeps them, as it does where the kernels are built for 256-bit vectors (both machines' timings:
+    benchmarks/results/own_matmul.md)."""
     if not usable(tensor):
         return False
     if _own_matmul is not None:
