@@ -79,14 +79,19 @@ def _compiler():
     return None
 
 
-def _cpu_identity():
-    """This CPU's model and feature flags: what -march=native compiles for."""
+def _cpuinfo(*keys):
+    """The distinct lines of /proc/cpuinfo that start with one of `keys`, sorted; None without it."""
     try:
         with open("/proc/cpuinfo") as f:
-            lines = [line for line in f if line.startswith(("model name", "flags", "Features", "CPU part"))]
-        return "".join(sorted(set(lines)))
+            return sorted({line for line in f if line.startswith(keys)})
     except OSError:
-        return platform.processor() or platform.machine()
+        return None
+
+
+def _cpu_identity():
+    """This CPU's model and feature flags: what -march=native compiles for."""
+    lines = _cpuinfo("model name", "flags", "Features", "CPU part")
+    return "".join(lines) if lines is not None else platform.processor() or platform.machine()
 
 
 def cache_dir():
@@ -314,14 +319,8 @@ def _default_own_matmul():
 
 def _cpu_vendor():
     """The CPU's vendor string (GenuineIntel, AuthenticAMD, …), or None where /proc/cpuinfo does not say."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+    lines = _cpuinfo("vendor_id")
+    return lines[0].split(":", 1)[1].strip() if lines else None
 
 
 _own_matmul = None
