@@ -62,9 +62,7 @@ struct Avx2 {
     static void store(float* p, V x) { _mm256_storeu_ps(p, x); }
     static V set(float x) { return _mm256_set1_ps(x); }
     static V add(V a, V b) { return _mm256_add_ps(a, b); }
-    static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
     static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
-    static V div(V a, V b) { return _mm256_div_ps(a, b); }
     static V reciprocal(V d) { return _mm256_div_ps(_mm256_set1_ps(1.0f), d); }
     static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }   // a b + c
     static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); } // c − a b
@@ -87,9 +85,7 @@ struct Avx512 {
     static void store(float* p, V x) { _mm512_storeu_ps(p, x); }
     static V set(float x) { return _mm512_set1_ps(x); }
     static V add(V a, V b) { return _mm512_add_ps(a, b); }
-    static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
     static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
-    static V div(V a, V b) { return _mm512_div_ps(a, b); }
     static V reciprocal(V d) {  // 1/d for d ≥ 1: VRCP14PS's 14 bits, then one Newton step y(2 − d y)
         const V y = _mm512_rcp14_ps(d);
         return _mm512_mul_ps(y, _mm512_fnmadd_ps(d, y, _mm512_set1_ps(2.0f)));
@@ -107,7 +103,7 @@ struct Avx512 {
 // e^(s·x) for s = −1 (σ's) or −2 (tanh's), a vector at a time: exp_f with its argument s·x, the factor
 // s folded into the clamps, the range reduction and the polynomial instead of a multiplication of its
 // own: r = s·x − n ln2 = s·u with u = x + n ln2/|s|, and e^r = Σ_k (kExp[k] s^k) u^k. Scaling by a
-// power of two is exact, so this rounds as exp_f(s·x) would.
+// power of two is exact, so every step rounds as the same step on s·x and r would.
 template <typename O, int S>
 inline typename O::V exp_scaled_v(typename O::V x) {
     typedef typename O::V V;
