@@ -849,18 +849,32 @@ void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_
 template <typename T, bool FOR_BACKWARD, bool BIAS, bool INPUT>
 void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const T* bias, T* h, T* c, T* k,
                            const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads, bool by_rows,
-                           T* w_packed, bool w_packed_ready, bool c_two_rows) {
+                           T* w_packed, bool w_packed_ready, bool c_two_rows, const T* h0, const T* c0, T* h_n,
+                           T* c_n) {
     const bool rowwise = B == 1;
     if (!INPUT) I = 0;
     // c_two_rows: c holds two states (2B, H), not a history: step t's in the rows the history would
     // give it, modulo 2B (the forward without a backward needs only the last c).
     auto c_row = [&](int64_t row) { return c_two_rows ? row % (2 * B) : row; };
+    // Given h0, c0 (B, H), the loop copies them into the rows where its first step reads the previous
+    // state; given h_n, c_n (B, H), it copies its last step's states there (each thread its share).
+    const int64_t first = previous_row(reverse ? T_ - 1 : 0, T_, B, reverse);  // the rows of the first step's
+    const int64_t last = state_row(reverse ? 0 : T_ - 1, T_, B, reverse);  // previous state, of the last's state
+    auto copy_share = [&](const Share& s, const T* from, int64_t from_row, T* to, int64_t to_row) {
+        for (int64_t r = s.r0; r < s.r1; ++r)
+            std::memcpy(to + (to_row + r) * H + s.j0, from + (from_row + r) * H + s.j0, s.units() * sizeof(T));
+    };
     Packed<T> W(rowwise ? 0 : 4, I + H, H, w_packed);  // [W_ih | W_hh] for [x_t | h_prev] [W_ih | W_hh]ᵀ
 #pragma omp parallel num_threads(threads)
     {
         const int nt = team_size();
         const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
+        if (h0) copy_share(s, h0, 0, h, first);
+        if (c0) copy_share(s, c0, 0, c, c_row(first));
         if (!rowwise && !w_packed_ready) pack_transposed<T>(w_hh, 4, W, w_ih, I);
+        if (h0 && !by_rows && nt > 1) {  // by units the first step's matmul reads every thread's share of h0
+#pragma omp barrier
+        }
         Buffer<T> packed(rowwise ? 0 : packed_size(s.rows(), I + H));  // each step's [x_t | h_prev], packed
         Buffer<T> gates(s.rows() * 4 * H);  // (rows, 4H): the step's z
         T* z = gates.data();
@@ -893,6 +907,8 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
                     std::memcpy(acts_t + row * 4 * H + H + s.j0, zr + H, s.units() * sizeof(T));
             }
         }
+        if (h_n) copy_share(s, h, last, h_n, 0);
+        if (c_n) copy_share(s, c, c_row(last), c_n, 0);
     }
 }
 
@@ -1253,12 +1269,13 @@ void matmul(const T* A, int64_t lda, bool a_t, const T* B, int64_t ldb, bool b_t
                                                    const T* bias, T* h, T* c, T* k, const T* w_hh, int64_t T_, \
                                                    int64_t B, int64_t H, int64_t reverse, int64_t threads,    \
                                                    int64_t by_rows, T* w_packed, int64_t w_packed_ready,      \
-                                                   int64_t c_two_rows) {                                      \
+                                                   int64_t c_two_rows, const T* h0, const T* c0, T* h_n,      \
+                                                   T* c_n) {                                                  \
         auto run = [&](auto for_backward, auto has_bias, auto input) {                                          \
             lstm_forward_sequence<T, decltype(for_backward)::value, decltype(has_bias)::value,                    \
                                   decltype(input)::value>(acts, x, w_ih, I, bias, h, c, k, w_hh, T_, B, H,   \
                                                           reverse, threads, by_rows, w_packed, w_packed_ready, \
-                                                          c_two_rows);                                      \
+                                                          c_two_rows, h0, c0, h_n, c_n);                    \
         };                                                                                                  \
         auto with_input = [&](auto for_backward, auto has_bias) {                                               \
             if (x) run(for_backward, has_bias, std::true_type{});                                               \

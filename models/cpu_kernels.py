@@ -62,7 +62,7 @@ _SIGNATURES = {  # name: argument types (pointers, then sizes)
     "tanh": [_P, _N],
     "matmul": [_P, _N, _N, _P, _N, _N, _P, _P] + [_N] * 6,
     "lstm_packed_size": [_N] * 2,
-    "lstm_forward_sequence": [_P] * 3 + [_N] + [_P] * 5 + [_N] * 6 + [_P, _N, _N],
+    "lstm_forward_sequence": [_P] * 3 + [_N] + [_P] * 5 + [_N] * 6 + [_P, _N, _N] + [_P] * 4,
     "lstm_backward_sequence": [_P] * 7 + [_N] * 6 + [_P, _N, _P, _P],
     "gru_forward_sequence": [_P] * 7 + [_N] * 6,
     "gru_backward_sequence": [_P] * 9 + [_N] * 6,
@@ -353,12 +353,17 @@ def set_panel_prefetch(on):
     return bool(lib.set_panel_prefetch(bool(on))) if lib is not None else False
 
 
-def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None, weight_ih=None, packed=None):
+def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None, weight_ih=None, packed=None,
+                          states=None):
     """Every step of LSTMFunction.forward (no projection): acts (N, 4H) = x W_ihᵀ, read (when k is
     given, f goes to its f column); bias (4H,) = b_ih + b_hh, added in each step, or None (then acts
     holds it already); h, c histories (N + B, H) with the initial states in place; k (N, 5H) or None.
-    c may instead hold two states (2B, H) (`two_states`): each step's c goes to the rows the history
-    would give it, modulo 2B, and only the last one is kept.
+    c may instead hold two states (2B, H): each step's c goes to the rows the history would give it,
+    modulo 2B, and only the last one is kept.
+
+    states: None (the initial states are in place already), or (h0, c0, h_n, c_n), each (B, H)
+    contiguous: the kernel copies h0 and c0 to where its first step reads them, and its last step's
+    h and c to h_n and c_n.
 
     With x (N, I) and weight_ih (4H, I), each step computes its own x_t W_ihᵀ together with its
     recurrent matmul, and acts is then only where f goes for the backward (its other columns are left
@@ -380,7 +385,7 @@ def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None
                          f"two states ({2 * batch} rows), got {c.shape[0]} rows")
     _fn("lstm_forward_sequence", h)(*_contiguous(acts, x, weight_ih), I, *_contiguous(bias, h, c, k, weight_hh),
                                     steps, batch, H, reverse, threads, by_rows, *_contiguous(w_packed), ready,
-                                    two_states)
+                                    two_states, *_contiguous(*(states or (None,) * 4)))
 
 
 class PackedWeight:

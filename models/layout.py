@@ -52,16 +52,6 @@ class Layout:
         buf[:B].copy_(init)
         return buf, buf[B:], StepViews(buf[B:], self.sizes), buf[:B]
 
-    def two_states(self, init):
-        """(buffer (2B, ·), its rows that hold the final state (B, ·)), for a time loop that keeps only
-        its last state: each step's state in the rows its history row (`history`) would be, modulo 2B,
-        `init` copied into those the first step reads."""
-        B, T = self.B, self.T
-        buf = init.new_empty((2 * B, init.shape[1]))
-        first, last = ((T % 2) * B, 0) if self.reverse else (0, (T % 2) * B)
-        buf[first : first + B].copy_(init)
-        return buf, buf[last : last + B]
-
     def previous(self, t, outs, init):
         """Step t's previous state (b_t, ·): a view when it can be, else a cat with h0's rows."""
         b = self.sizes[t]

@@ -87,10 +87,7 @@ class LSTMFunction(torch.autograd.Function):
         H = c0.shape[1]
         ctx.layout, ctx.for_backward = layout, for_backward
         if weight_hr is None and not for_backward and whole_sequence(layout, x):
-            # Nothing is saved, so h's history is the caller's own buffer and its output a view of it.
-            h_buf, out, outs, h_init = layout.history(h0, x, pooled=False)  # (N + B, H)
-            c_n = _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c0, weight_hh)
-            return out, layout.final(outs, h_init), c_n
+            return _forward_without_backward(layout, x, weight_ih, bias_ih, bias_hh, h0, c0, weight_hh)
         h_buf, out, outs, h_init = layout.history(h0, x)  # (N + B, P)
         c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
         # z without its recurrent part for all steps, in one matmul; each step of the per-step route
@@ -153,7 +150,7 @@ class LSTMFunction(torch.autograd.Function):
         return d_x, d_w_ih, d_b_ih, dh, dc, d_w_hh, d_b_hh, d_w_hr, None, None, None
 
 
-# The forward without a backward runs chunks of about this many bytes of z (`_forward_in_chunks`).
+# The forward without a backward runs chunks of about this many bytes of z (`_forward_without_backward`).
 CHUNK_BYTES = 16 << 20
 # Inputs up to this size are projected inside the sequence kernel, step by step, together with the
 # recurrent matmul ([x_t | h_prev] [W_ih | W_hh]ᵀ): for a narrow input the whole sequence's x_proj is
@@ -174,26 +171,28 @@ def steps_project_input(x, batch, for_backward):
     return x.shape[1] <= STEP_INPUT_MAX or (not for_backward and batch >= STEP_INPUT_MIN_BATCH)
 
 
-def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c0, weight_hh):
-    """The forward without a backward to follow, on the sequence kernel; returns the final c (B, H).
+def _forward_without_backward(layout, x, weight_ih, bias_ih, bias_hh, h0, c0, weight_hh):
+    """The forward without a backward to follow, on the sequence kernel: (out (N, H), h_n, c_n).
 
+    Nothing is saved, so h's history is a buffer of the caller's own and the output a view of it.
     With the input projected in the step (`steps_project_input`), in one call, which keeps only two
-    states of c (the last one is all that is returned). Else a few steps at a time: nothing of a
-    step but its states outlives the step, so the input projection is computed for a chunk of steps
-    (about CHUNK_BYTES of z) just before they run, into a buffer that each chunk reuses while it is
-    still in cache, instead of for the whole sequence at once.
+    states of c and copies the initial and final states itself. Else a few steps at a time: nothing
+    of a step but its states outlives the step, so the input projection is computed for a chunk of
+    steps (about CHUNK_BYTES of z) just before they run, into a buffer that each chunk reuses while it
+    is still in cache, instead of for the whole sequence at once.
     """
-    B, T, H = layout.B, layout.T, h_buf.shape[1]
+    B, T, N, H = layout.B, layout.T, layout.N, c0.shape[1]
+    w_hh, bias = weight_hh.contiguous(), summed_bias(bias_ih, bias_hh)
     if steps_project_input(x, B, for_backward=False):  # no x_proj at all: every step projects its own input
-        c_buf, c_n = layout.two_states(c0)  # (2B, H)
-        cpu_kernels.lstm_forward_sequence(None, summed_bias(bias_ih, bias_hh), h_buf, c_buf, None,
-                                          weight_hh.contiguous(), B, layout.reverse, x.contiguous(),
-                                          weight_ih.contiguous())
-        return c_n.clone()
+        h_buf, c_buf = x.new_empty(N + B, H), x.new_empty(2 * B, H)  # c: two states, not a history
+        h_n, c_n = x.new_empty(B, H), x.new_empty(B, H)
+        cpu_kernels.lstm_forward_sequence(None, bias, h_buf, c_buf, None, w_hh, B, layout.reverse, x.contiguous(),
+                                          weight_ih.contiguous(), states=(h0.contiguous(), c0.contiguous(), h_n, c_n))
+        return (h_buf[:N] if layout.reverse else h_buf[B:]), h_n, c_n
+    h_buf, out, outs, h_init = layout.history(h0, x, pooled=False)  # (N + B, H)
     c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
     steps = max(1, CHUNK_BYTES // (B * 4 * H * x.element_size()))
     starts = range(0, T, steps)
-    w_hh, bias = weight_hh.contiguous(), summed_bias(bias_ih, bias_hh)
     packed = cpu_kernels.PackedWeight(w_hh, B, H)  # W_hh packed by the first chunk, for all of them
     for t0 in reversed(starts) if layout.reverse else starts:
         t1 = min(t0 + steps, T)
@@ -202,7 +201,7 @@ def _forward_in_chunks(layout, x, weight_ih, bias_ih, bias_hh, h_buf, c0, weight
         # it, the state before them: step t0 − 1's (forwards) or step t1's (backwards), else h0.
         cpu_kernels.lstm_forward_sequence(acts, bias, h_buf[t0 * B :], c_buf[t0 * B :], None, w_hh, B, layout.reverse,
                                           packed=packed)
-    return layout.final(c_outs, c_init)
+    return out, layout.final(outs, h_init), layout.final(c_outs, c_init)
 
 
 def _forward_steps(layout, acts, k, weight_hh, weight_hr, h, c):
