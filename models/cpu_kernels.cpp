@@ -715,7 +715,11 @@ void gate_columns(const Share& s, const Packed<T>& W, int blocks, const T* A, in
 }
 
 // At batch 1 a step's products are matrix–vector products that read all of W_hh once a step either
-// way, so they read it as it lies, row by row, and the call packs nothing.
+// way, so they read it as it lies, row by row, and the call packs nothing. Every other step reads the
+// rows in the reverse order (`backwards`): a weight larger than the core's L2, read in the same order
+// every step, has each line leave L2 before it comes round again; read back and forth, a step first
+// reads what the previous one read last, still in L2. A row's product is the same either way; the
+// backward's sums over rows (vector_times_columns) add in the reverse order then.
 
 // z[n] = or += W[n, :] · h for R consecutive rows of W (K columns), R rows sharing each load of h.
 template <typename T, int R>
@@ -759,51 +763,67 @@ inline void some_rows_times_vector(const T* W, int64_t K, const T* __restrict__ 
 // z[n] = or += W[n, :] · h for `rows` consecutive rows of W (K columns): the forward's h_prev W_hhᵀ.
 template <typename T>
 void rows_times_vector(const T* W, int64_t K, const T* __restrict__ h, T* __restrict__ z, int64_t rows,
-                       bool accumulate) {
-    int64_t n = 0;
-    for (; n + 8 <= rows; n += 8) some_rows_times_vector<T, 8>(W + n * K, K, h, z + n, accumulate);
-    for (; n < rows; ++n) some_rows_times_vector<T, 1>(W + n * K, K, h, z + n, accumulate);
+                       bool accumulate, bool backwards = false) {
+    const int64_t grouped = rows / 8 * 8;  // rows eight at a time, then the rest one at a time
+    if (!backwards) {
+        for (int64_t n = 0; n < grouped; n += 8) some_rows_times_vector<T, 8>(W + n * K, K, h, z + n, accumulate);
+        for (int64_t n = grouped; n < rows; ++n) some_rows_times_vector<T, 1>(W + n * K, K, h, z + n, accumulate);
+        return;
+    }
+    for (int64_t n = rows - 1; n >= grouped; --n) some_rows_times_vector<T, 1>(W + n * K, K, h, z + n, accumulate);
+    for (int64_t n = grouped - 8; n >= 0; n -= 8) some_rows_times_vector<T, 8>(W + n * K, K, h, z + n, accumulate);
 }
 
 // c[j0:j1] = or += a (K) · W[:, j0:j1] (W row-major with H columns). Eight rows of W at a time, so c
 // is read and written once per eight rows.
 template <typename T>
 void vector_times_columns(const T* __restrict__ a, int64_t K, const T* W, int64_t H, int64_t j0, int64_t j1,
-                          T* __restrict__ c, bool accumulate) {
+                          T* __restrict__ c, bool accumulate, bool backwards = false) {
     constexpr int R = 8;
     if (!accumulate)
         for (int64_t j = j0; j < j1; ++j) c[j] = T(0);
-    int64_t n0 = 0;
-    for (; n0 + R <= K; n0 += R) {
+    auto eight_rows = [&](int64_t n0) {
         const T* __restrict__ w = W + n0 * H;
         const T a0 = a[n0], a1 = a[n0 + 1], a2 = a[n0 + 2], a3 = a[n0 + 3];
         const T a4 = a[n0 + 4], a5 = a[n0 + 5], a6 = a[n0 + 6], a7 = a[n0 + 7];
         for (int64_t j = j0; j < j1; ++j)
             c[j] += ((a0 * w[j] + a1 * w[H + j]) + (a2 * w[2 * H + j] + a3 * w[3 * H + j])) +
                     ((a4 * w[4 * H + j] + a5 * w[5 * H + j]) + (a6 * w[6 * H + j] + a7 * w[7 * H + j]));
-    }
-    for (; n0 < K; ++n0) {
+    };
+    auto one_row = [&](int64_t n0) {
         const T an = a[n0];
         const T* __restrict__ w = W + n0 * H;
         for (int64_t j = j0; j < j1; ++j) c[j] += an * w[j];
+    };
+    const int64_t grouped = K / R * R;
+    if (!backwards) {
+        for (int64_t n0 = 0; n0 < grouped; n0 += R) eight_rows(n0);
+        for (int64_t n0 = grouped; n0 < K; ++n0) one_row(n0);
+        return;
     }
+    for (int64_t n0 = K - 1; n0 >= grouped; --n0) one_row(n0);
+    for (int64_t n0 = grouped - R; n0 >= 0; n0 -= R) eight_rows(n0);
 }
 
 // A step's h_prev W_hhᵀ into C's gate blocks, for the share: from the packed panels, or at batch 1
-// (`rowwise`) from W_hh's rows as they lie.
+// (`rowwise`) from W_hh's rows as they lie, the blocks and their rows in the reverse order if
+// `backwards`.
 template <typename T>
 void forward_product(const Share& s, const Packed<T>& P, bool rowwise, const T* w_hh, int blocks, int64_t H,
                      const T* A, T* C, int64_t ldc, bool accumulate, T* scratch, const T* X = nullptr,
-                     const T* w_ih = nullptr, int64_t I = 0) {
+                     const T* w_ih = nullptr, int64_t I = 0, bool backwards = false) {
     if (s.rows() == 0) return;
     if (!rowwise) {
         gate_columns<T>(s, P, blocks, A, H, C, ldc, accumulate, scratch, X, I);
         return;
     }
-    for (int g = 0; g < blocks; ++g) {
+    for (int q = 0; q < blocks; ++q) {
+        const int g = backwards ? blocks - 1 - q : q;
         if (X)  // C = (C +) x W_ihᵀ + h W_hhᵀ
-            rows_times_vector<T>(w_ih + (g * H + s.j0) * I, I, X, C + g * H + s.j0, s.units(), accumulate);
-        rows_times_vector<T>(w_hh + (g * H + s.j0) * H, H, A, C + g * H + s.j0, s.units(), accumulate || X);
+            rows_times_vector<T>(w_ih + (g * H + s.j0) * I, I, X, C + g * H + s.j0, s.units(), accumulate,
+                                 backwards);
+        rows_times_vector<T>(w_hh + (g * H + s.j0) * H, H, A, C + g * H + s.j0, s.units(), accumulate || X,
+                             backwards);
     }
 }
 
@@ -815,7 +835,7 @@ void forward_product(const Share& s, const Packed<T>& P, bool rowwise, const T* 
 // one thread that owns the row does all of it.
 template <typename T>
 void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_rows, T* partials, const T* w_hh,
-                      int64_t K, int64_t H, const T* dZ, T* dh, bool accumulate, T* scratch) {
+                      int64_t K, int64_t H, const T* dZ, T* dh, bool accumulate, T* scratch, bool backwards = false) {
     if (s.rows() == 0) return;
     if (!rowwise) {
         matmul_columns<T>(P, 0, s.j0, s.j1, s.rows(), packed_rows<T>(scratch, dZ, K, s.rows(), K), dh, H, accumulate,
@@ -824,11 +844,11 @@ void backward_product(const Share& s, const Packed<T>& P, bool rowwise, bool by_
     }
     const int p = thread_id(), nt = team_size();
     if (by_rows || nt == 1) {
-        vector_times_columns<T>(dZ, K, w_hh, H, s.j0, s.j1, dh, accumulate);
+        vector_times_columns<T>(dZ, K, w_hh, H, s.j0, s.j1, dh, accumulate, backwards);
         return;
     }
     const int64_t n0 = K * p / nt / 8 * 8, n1 = p + 1 == nt ? K : K * (p + 1) / nt / 8 * 8;
-    vector_times_columns<T>(dZ + n0, n1 - n0, w_hh + n0 * H, H, 0, H, partials + p * H, false);
+    vector_times_columns<T>(dZ + n0, n1 - n0, w_hh + n0 * H, H, 0, H, partials + p * H, false, backwards);
 #pragma omp barrier
     for (int64_t j = s.j0; j < s.j1; ++j) {
         T sum = accumulate ? dh[j] : T(0);
@@ -890,9 +910,10 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
             }
             if (INPUT)  // z = x_t W_ihᵀ + h_prev W_hhᵀ
                 forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, false, packed.data(),
-                                   x + (t * B + s.r0) * I, w_ih, I);
+                                   x + (t * B + s.r0) * I, w_ih, I, step % 2 == 1);
             else  // z = h_prev W_hhᵀ, and x_proj is added in the row
-                forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, false, packed.data());
+                forward_product<T>(s, W, rowwise, w_hh, 4, H, h_prev, z, 4 * H, false, packed.data(), nullptr,
+                                   nullptr, 0, step % 2 == 1);
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* zr = z + row * 4 * H + s.j0;
                 T* kr = FOR_BACKWARD ? k + (t * B + s.r0 + row) * 5 * H + s.j0 : nullptr;
@@ -964,7 +985,7 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
             backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, 4 * H, H, dz + (t * B + s.r0) * 4 * H,
-                                dh + s.r0 * H, false, packed.data());
+                                dh + s.r0 * H, false, packed.data(), step % 2 == 1);
             if (d_x && s.rows() > 0)  // dx_t[rows] = dz_t[rows] W_ih, dz_t as backward_product packed it
                 matmul_columns<T>(W_in, 0, 0, I, s.rows(), packed.data(), d_x + (t * B + s.r0) * I, I, false);
         }
@@ -998,7 +1019,8 @@ void gru_forward_sequence(const T* x, const T* bias, T* hh, T* rz, T* n, T* h, c
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
-            forward_product<T>(s, W, rowwise, w_hh, 3, H, h_prev, hh_t, 3 * H, false, packed.data());  // hh = h_prev W_hhᵀ
+            forward_product<T>(s, W, rowwise, w_hh, 3, H, h_prev, hh_t, 3 * H, false, packed.data(), nullptr, nullptr,
+                               0, step % 2 == 1);  // hh = h_prev W_hhᵀ
             for (int64_t row = 0; row < s.rows(); ++row) {
                 const int64_t nr = t * B + s.r0 + row, j = s.j0;
                 T* hr = hh_t + row * 3 * H + j;
@@ -1048,7 +1070,7 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
             }
             // dh[rows, units] += d_hh[rows, :] W_hh[:, units]
             backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, 3 * H, H, d_hh + (t * B + s.r0) * 3 * H,
-                                dh + s.r0 * H, true, packed.data());
+                                dh + s.r0 * H, true, packed.data(), step % 2 == 1);
         }
     }
 }
@@ -1073,7 +1095,8 @@ void rnn_forward_sequence(const T* x, const T* bias, T* h, const T* w_hh, int64_
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
-            forward_product<T>(s, W, rowwise, w_hh, 1, H, h_prev, h_t, H, false, packed.data());  // h = h_prev W_hhᵀ
+            forward_product<T>(s, W, rowwise, w_hh, 1, H, h_prev, h_t, H, false, packed.data(), nullptr, nullptr, 0,
+                               step % 2 == 1);  // h = h_prev W_hhᵀ
             for (int64_t row = 0; row < s.rows(); ++row) {
                 T* __restrict__ hr = h_t + row * H + s.j0;
                 const T* __restrict__ xr = x + (t * B + s.r0 + row) * H + s.j0;
@@ -1121,7 +1144,7 @@ void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* 
             }
             // dh[rows, units] = dz[rows, :] W_hh[:, units]
             backward_product<T>(s, W, rowwise, by_rows, partials.data(), w_hh, H, H, dz + (t * B + s.r0) * H,
-                                dh + s.r0 * H, false, packed.data());
+                                dh + s.r0 * H, false, packed.data(), step % 2 == 1);
         }
     }
 }
