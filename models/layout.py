@@ -46,11 +46,13 @@ class Layout:
         N, B = self.N, self.B
         shape = (N + B, init.shape[1])
         buf = workspace.empty(like, *shape) if pooled else like.new_empty(shape)  # (N + B, ·)
-        if self.reverse:
-            buf[N:].copy_(init)
-            return buf, buf[:N], StepViews(buf[:N], self.sizes), buf[N:]
-        buf[:B].copy_(init)
-        return buf, buf[B:], StepViews(buf[B:], self.sizes), buf[:B]
+        out, init_rows = self.outputs(buf), (buf[N:] if self.reverse else buf[:B])
+        init_rows.copy_(init)
+        return buf, out, StepViews(out, self.sizes), init_rows
+
+    def outputs(self, buf):
+        """The rows of a history buffer (N + B, ·) that hold the steps' states (N, ·)."""
+        return buf[: self.N] if self.reverse else buf[self.B :]
 
     def previous(self, t, outs, init):
         """Step t's previous state (b_t, ·): a view when it can be, else a cat with h0's rows."""

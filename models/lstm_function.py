@@ -188,7 +188,7 @@ def _forward_without_backward(layout, x, weight_ih, bias_ih, bias_hh, h0, c0, we
         h_n, c_n = x.new_empty(B, H), x.new_empty(B, H)
         cpu_kernels.lstm_forward_sequence(None, bias, h_buf, c_buf, None, w_hh, B, layout.reverse, x.contiguous(),
                                           weight_ih.contiguous(), states=(h0.contiguous(), c0.contiguous(), h_n, c_n))
-        return (h_buf[:N] if layout.reverse else h_buf[B:]), h_n, c_n
+        return layout.outputs(h_buf), h_n, c_n
     h_buf, out, outs, h_init = layout.history(h0, x, pooled=False)  # (N + B, H)
     c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
     steps = max(1, CHUNK_BYTES // (B * 4 * H * x.element_size()))
