@@ -28,8 +28,9 @@ What the caller receives never aliases memory this path writes again: outputs an
 are fresh tensors (the output is copied out of the pooled history buffer once per call), and
 gradients are fresh too. So an output can be modified in place, kept across calls, or handed to
 another process (whose shared memory the pool would otherwise overwrite). Under
-`torch.inference_mode()` the pool is bypassed: a tensor created there cannot be written outside it,
-so nothing made there is kept for later calls.
+`torch.inference_mode()` the pool serves as well, with buffers made outside it (normal tensors, which
+a later call outside inference mode can still write), and what the caller receives is made inside it,
+as torch.nn's outputs are.
 
 Second derivatives and gradients under vmap go through the readable step instead
 (`models.double_backward`).

@@ -22,6 +22,11 @@ class Workspace:
     largest buffers are the ones that fault the most pages. `workspace.total_bytes = 0` keeps only the
     most recently used size, for a process short of memory. The storage use
     count is a private torch API; if it is missing or behaves unexpectedly the pool turns itself off.
+
+    Under `torch.inference_mode()` the pool serves too (a call there faults its pages like any
+    other): a pooled buffer is made outside inference mode even then, a normal tensor, because an
+    inference tensor could not be written by a later call outside it; a normal tensor can be
+    written inside it.
     """
 
     def __init__(self, per_size=4, sizes=16, min_bytes=256 << 10, max_bytes=256 << 20, total_bytes=768 << 20):
@@ -48,8 +53,7 @@ class Workspace:
         for s in shape:
             numel *= s
         nbytes = numel * like.element_size()
-        if (not self.enabled or like.device.type != "cpu" or not self.min_bytes <= nbytes <= self.max_bytes
-                or torch.is_inference_mode_enabled()):  # an inference tensor cannot be written outside it
+        if not self.enabled or like.device.type != "cpu" or not self.min_bytes <= nbytes <= self.max_bytes:
             return like.new_empty(shape)
         key = (like.dtype, numel)
         with self.lock:
@@ -58,7 +62,8 @@ class Workspace:
             for flat in buffers:
                 if self._free(flat):
                     return flat.view(shape)
-            flat = like.new_empty(numel)
+            with torch.inference_mode(False):  # a normal tensor, writable inside inference mode and out
+                flat = torch.empty(numel, dtype=like.dtype, device=like.device)
             if len(buffers) < self.per_size:
                 buffers.append(flat)
             held = sum(b.numel() * b.element_size() for bs in self.pool.values() for b in bs)

@@ -324,6 +324,43 @@ def test_buffers_are_not_reused_while_referenced(kind):
             torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
+def test_pool_serves_inference_mode_with_buffers_usable_outside_it():
+    """Under inference_mode the pool hands out its buffers too (a fresh buffer every call would fault
+    its pages every call), and the ones it makes there are normal tensors: a later call outside
+    inference mode can write them."""
+    from models.workspace import Workspace
+    pool = Workspace()
+    if not pool.enabled:
+        pytest.skip("the pool is off in this torch (no storage use count)")
+    like = torch.zeros(1)
+    with torch.inference_mode():
+        made = pool.empty(like, 256, 1024)  # 1 MiB: pooled
+        made_storage = made.untyped_storage().data_ptr()
+        assert not made.is_inference()
+        del made
+        again = pool.empty(like, 256, 1024)
+        assert again.untyped_storage().data_ptr() == made_storage  # the same buffer, not a new one
+        del again
+    outside = pool.empty(like, 1024, 256)  # same size, another shape, outside inference mode
+    assert outside.untyped_storage().data_ptr() == made_storage
+    outside.fill_(1.0)  # an inference tensor would refuse this
+    assert outside.sum().item() == 256 * 1024
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inference_mode_outputs_are_inference_tensors_as_torch_nn_s(kind):
+    """What a call under inference_mode returns is made there, as torch.nn's outputs are, also where
+    the fast path's buffers come from the pool (sizes big enough to be pooled)."""
+    ours, ref = fused_pair(kind, 8, 64)
+    x = torch.randn(40, 32, 8, dtype=torch.float64)
+    with torch.inference_mode():
+        results = [ours(x), ref(x)]
+    flat = [[out, *(states if isinstance(states, tuple) else (states,))] for out, states in results]
+    assert [t.is_inference() for t in flat[0]] == [t.is_inference() for t in flat[1]] == [True] * len(flat[1])
+    for a, b in zip(*flat):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
 @pytest.mark.parametrize("narrow_input", [0, 10**6])
 @pytest.mark.parametrize("kind", KINDS)
 def test_weight_ih_gradient_in_either_orientation_equals_torch(kind, narrow_input, monkeypatch):
