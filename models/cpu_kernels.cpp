@@ -870,11 +870,13 @@ template <typename T, bool FOR_BACKWARD, bool BIAS, bool INPUT>
 void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const T* bias, T* h, T* c, T* k,
                            const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads, bool by_rows,
                            T* w_packed, bool w_packed_ready, bool c_two_rows, const T* h0, const T* c0, T* h_n,
-                           T* c_n) {
+                           T* c_n, T* out) {
     const bool rowwise = B == 1;
     if (!INPUT) I = 0;
     // c_two_rows: c holds two states (2B, H), not a history: step t's in the rows the history would
-    // give it, modulo 2B (the forward without a backward needs only the last c).
+    // give it, modulo 2B (no backward reads c: the forward needs only the last one, and k holds what
+    // the backward needs of it). out: null, or (N, H), where each step's h goes too, at rows t·B (the
+    // caller's output, apart from the history that the backward reads).
     auto c_row = [&](int64_t row) { return c_two_rows ? row % (2 * B) : row; };
     // Given h0, c0 (B, H), the loop copies them into the rows where its first step reads the previous
     // state; given h_n, c_n (B, H), it copies its last step's states there (each thread its share).
@@ -926,6 +928,8 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
                                                                 x_proj, H);
                 if (FOR_BACKWARD)  // f where the backward reads it
                     std::memcpy(acts_t + row * 4 * H + H + s.j0, zr + H, s.units() * sizeof(T));
+                if (out)  // h once more, for the caller, while it is in cache
+                    std::memcpy(out + (t * B + s.r0 + row) * H + s.j0, h_t + o, s.units() * sizeof(T));
             }
         }
         if (h_n) copy_share(s, h, last, h_n, 0);
@@ -1293,12 +1297,12 @@ void matmul(const T* A, int64_t lda, bool a_t, const T* B, int64_t ldb, bool b_t
                                                    int64_t B, int64_t H, int64_t reverse, int64_t threads,    \
                                                    int64_t by_rows, T* w_packed, int64_t w_packed_ready,      \
                                                    int64_t c_two_rows, const T* h0, const T* c0, T* h_n,      \
-                                                   T* c_n) {                                                  \
+                                                   T* c_n, T* out) {                                          \
         auto run = [&](auto for_backward, auto has_bias, auto input) {                                          \
             lstm_forward_sequence<T, decltype(for_backward)::value, decltype(has_bias)::value,                    \
                                   decltype(input)::value>(acts, x, w_ih, I, bias, h, c, k, w_hh, T_, B, H,   \
                                                           reverse, threads, by_rows, w_packed, w_packed_ready, \
-                                                          c_two_rows, h0, c0, h_n, c_n);                    \
+                                                          c_two_rows, h0, c0, h_n, c_n, out);               \
         };                                                                                                  \
         auto with_input = [&](auto for_backward, auto has_bias) {                                               \
             if (x) run(for_backward, has_bias, std::true_type{});                                               \

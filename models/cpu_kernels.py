@@ -62,7 +62,7 @@ _SIGNATURES = {  # name: argument types (pointers, then sizes)
     "tanh": [_P, _N],
     "matmul": [_P, _N, _N, _P, _N, _N, _P, _P] + [_N] * 6,
     "lstm_packed_size": [_N] * 2,
-    "lstm_forward_sequence": [_P] * 3 + [_N] + [_P] * 5 + [_N] * 6 + [_P, _N, _N] + [_P] * 4,
+    "lstm_forward_sequence": [_P] * 3 + [_N] + [_P] * 5 + [_N] * 6 + [_P, _N, _N] + [_P] * 5,
     "lstm_backward_sequence": [_P] * 7 + [_N] * 6 + [_P, _N, _P, _P],
     "gru_forward_sequence": [_P] * 7 + [_N] * 6,
     "gru_backward_sequence": [_P] * 9 + [_N] * 6,
@@ -354,7 +354,7 @@ def set_panel_prefetch(on):
 
 
 def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None, weight_ih=None, packed=None,
-                          states=None):
+                          states=None, out=None):
     """Every step of LSTMFunction.forward (no projection): acts (N, 4H) = x W_ihᵀ, read (when k is
     given, f goes to its f column); bias (4H,) = b_ih + b_hh, added in each step, or None (then acts
     holds it already); h, c histories (N + B, H) with the initial states in place; k (N, 5H) or None.
@@ -362,8 +362,11 @@ def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None
     modulo 2B, and only the last one is kept.
 
     states: None (the initial states are in place already), or (h0, c0, h_n, c_n), each (B, H)
-    contiguous: the kernel copies h0 and c0 to where its first step reads them, and its last step's
-    h and c to h_n and c_n.
+    contiguous, any of them None: the kernel copies h0 and c0 to where its first step reads them, and
+    its last step's h and c to h_n and c_n.
+
+    out: None, or (N, H) contiguous, where every step's h is written too (at the rows of the step's
+    x), apart from the history h.
 
     With x (N, I) and weight_ih (4H, I), each step computes its own x_t W_ihᵀ together with its
     recurrent matmul, and acts is then only where f goes for the backward (its other columns are left
@@ -383,9 +386,11 @@ def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None
     if two_states and c.shape[0] != 2 * batch:
         raise ValueError(f"lstm_forward_sequence: c must hold the history (at least {(steps + 1) * batch} rows) or "
                          f"two states ({2 * batch} rows), got {c.shape[0]} rows")
+    if out is not None and tuple(out.shape) != (steps * batch, H):
+        raise ValueError(f"lstm_forward_sequence: out must be ({steps * batch}, {H}), got {tuple(out.shape)}")
     _fn("lstm_forward_sequence", h)(*_contiguous(acts, x, weight_ih), I, *_contiguous(bias, h, c, k, weight_hh),
                                     steps, batch, H, reverse, threads, by_rows, *_contiguous(w_packed), ready,
-                                    two_states, *_contiguous(*(states or (None,) * 4)))
+                                    two_states, *_contiguous(*(states or (None,) * 4), out))
 
 
 class PackedWeight:

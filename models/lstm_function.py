@@ -88,8 +88,6 @@ class LSTMFunction(torch.autograd.Function):
         ctx.layout, ctx.for_backward = layout, for_backward
         if weight_hr is None and not for_backward and whole_sequence(layout, x):
             return _forward_without_backward(layout, x, weight_ih, bias_ih, bias_hh, h0, c0, weight_hh)
-        h_buf, out, outs, h_init = layout.history(h0, x)  # (N + B, P)
-        c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
         # z without its recurrent part for all steps, in one matmul; each step of the per-step route
         # adds h_prev W_hhᵀ in place and turns z into the activations i | f | g | o in place. The
         # sequence kernel only reads x_proj (it adds h_prev W_hhᵀ and b_ih + b_hh in a z of its own)
@@ -106,16 +104,18 @@ class LSTMFunction(torch.autograd.Function):
         k = workspace.empty(acts, layout.N, 5 * H) if for_backward else None  # (N, 5H): k_i|k_f|k_g|k_o|k_c
         h_prevs = m_buf = None
         if sequence:
-            inputs = (x.contiguous(), weight_ih.contiguous()) if project else (None, None)
-            cpu_kernels.lstm_forward_sequence(acts, summed_bias(bias_ih, bias_hh), h_buf, c_buf, k,
-                                              weight_hh.contiguous(), layout.B, reverse, *inputs)
+            inputs = (x, weight_ih) if project else (None, None)
+            h_buf, out, h_n, c_n = _forward_sequence(layout, acts, k, bias_ih, bias_hh, h0, c0, weight_hh, *inputs)
         else:
+            h_buf, out, outs, h_init = layout.history(h0, x)  # (N + B, P)
+            c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
             h_prevs, m_buf = _forward_steps(layout, acts, k, weight_hh, weight_hr, (outs, h_init), (c_outs, c_init))
+            out, h_n, c_n = out.clone(), layout.final(outs, h_init), layout.final(c_outs, c_init)
 
         if for_backward:
             ctx.save_for_backward(x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr,
                                   k, acts, layout.stacked_previous(h_buf, h_prevs), m_buf)
-        return out.clone(), layout.final(outs, h_init), layout.final(c_outs, c_init)  # (N, P), (B, P), (B, H)
+        return out, h_n, c_n  # (N, P), (B, P), (B, H)
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
@@ -169,6 +169,23 @@ def steps_project_input(x, batch, for_backward):
     """Whether the sequence kernel computes x W_ihᵀ itself, step by step, for input rows x (N, I) in
     batches of `batch` rows."""
     return x.shape[1] <= STEP_INPUT_MAX or (not for_backward and batch >= STEP_INPUT_MIN_BATCH)
+
+
+def _forward_sequence(layout, acts, k, bias_ih, bias_hh, h0, c0, weight_hh, x=None, weight_ih=None):
+    """The forward of a backward to come, on the sequence kernel: (h's history (N + B, H), out (N, H),
+    h_n, c_n). The history, h0 and every step's h, is what the backward reads (dW_hh = dZᵀ H_prev),
+    so the caller's output is another buffer, which the kernel writes h into as well: an in-place op
+    on the output then leaves the history as it was. Of c the kernel keeps two states (the backward
+    reads k, not c). x, weight_ih: given when the kernel projects the input itself."""
+    B, N, H = layout.B, layout.N, c0.shape[1]
+    h_buf = workspace.empty(acts, N + B, H)  # (N + B, H): h0 goes in by the kernel
+    c_buf = acts.new_empty(2 * B, H)
+    out, h_n, c_n = acts.new_empty(N, H), acts.new_empty(B, H), acts.new_empty(B, H)
+    inputs = (x.contiguous(), weight_ih.contiguous()) if x is not None else (None, None)
+    cpu_kernels.lstm_forward_sequence(acts, summed_bias(bias_ih, bias_hh), h_buf, c_buf, k, weight_hh.contiguous(), B,
+                                      layout.reverse, *inputs, states=(h0.contiguous(), c0.contiguous(), h_n, c_n),
+                                      out=out)
+    return h_buf, out, h_n, c_n
 
 
 def _forward_without_backward(layout, x, weight_ih, bias_ih, bias_hh, h0, c0, weight_hh):
