@@ -1004,6 +1004,7 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
 
 // GRU forward: x (N, 3H) = x_proj + b_ih; hh (N, 3H), rz (N, 2H), n (N, H) written; h history (N + B, H).
 // Per step, as GRUFunction: hh = h_prev W_hhᵀ, then gru_forward_row on the share (which adds b_hh).
+// With hh, rz and n null (no backward to follow), each thread keeps its step's in a buffer of its own.
 template <typename T>
 void gru_forward_sequence(const T* x, const T* bias, T* hh, T* rz, T* n, T* h, const T* w_hh, int64_t T_, int64_t B,
                           int64_t H, bool reverse, int threads, bool by_rows) {
@@ -1014,29 +1015,33 @@ void gru_forward_sequence(const T* x, const T* bias, T* hh, T* rz, T* n, T* h, c
         const int nt = team_size();
         const Share s = share_of<T>(thread_id(), nt, by_rows, B, H);
         Buffer<T> packed(rowwise ? 0 : packed_size(s.rows(), H));  // each step's matmul operand, packed
+        const bool keep = hh != nullptr;
+        Buffer<T> step_buffer(keep ? 0 : s.rows() * 6 * H);  // without a backward: the step's hh | rz | n
         if (!rowwise) pack_transposed<T>(w_hh, 3, W);
         for (int64_t step = 0; step < T_; ++step) {
             const int64_t t = reverse ? T_ - 1 - step : step;
             const T* h_prev = h + (previous_row(t, T_, B, reverse) + s.r0) * H;
             T* h_t = h + (state_row(t, T_, B, reverse) + s.r0) * H;
-            T* hh_t = hh + (t * B + s.r0) * 3 * H;
+            T* hh_t = keep ? hh + (t * B + s.r0) * 3 * H : step_buffer.data();
+            T* rz_t = keep ? rz + (t * B + s.r0) * 2 * H : step_buffer.data() + s.rows() * 3 * H;
+            T* n_t = keep ? n + (t * B + s.r0) * H : step_buffer.data() + s.rows() * 5 * H;
             if (!by_rows && nt > 1 && step > 0) {
 #pragma omp barrier
             }
             forward_product<T>(s, W, rowwise, w_hh, 3, H, h_prev, hh_t, 3 * H, false, packed.data(), nullptr, nullptr,
                                0, step % 2 == 1);  // hh = h_prev W_hhᵀ
             for (int64_t row = 0; row < s.rows(); ++row) {
-                const int64_t nr = t * B + s.r0 + row, j = s.j0;
+                const int64_t j = s.j0;
                 T* hr = hh_t + row * 3 * H + j;
-                const T* xr = x + nr * 3 * H + j;
-                T* rzr = rz + nr * 2 * H + j;
+                const T* xr = x + (t * B + s.r0 + row) * 3 * H + j;
+                T* rzr = rz_t + row * 2 * H + j;
                 if (bias)
                     gru_forward_row<T, true>(hr, hr + H, hr + 2 * H, xr, xr + H, xr + 2 * H, bias + j, bias + H + j,
-                                             bias + 2 * H + j, h_prev + row * H + j, rzr, rzr + H, n + nr * H + j,
+                                             bias + 2 * H + j, h_prev + row * H + j, rzr, rzr + H, n_t + row * H + j,
                                              h_t + row * H + j, s.units());
                 else
                     gru_forward_row<T, false>(hr, hr + H, hr + 2 * H, xr, xr + H, xr + 2 * H, nullptr, nullptr,
-                                              nullptr, h_prev + row * H + j, rzr, rzr + H, n + nr * H + j,
+                                              nullptr, h_prev + row * H + j, rzr, rzr + H, n_t + row * H + j,
                                               h_t + row * H + j, s.units());
             }
         }

@@ -430,11 +430,14 @@ def lstm_backward_sequence(d_out, dh, dc, k, acts, dz, weight_hh, batch, reverse
 
 
 def gru_forward_sequence(x_proj, bias_hh, hh, rz, n, h, weight_hh, batch, reverse):
-    """Every step of GRUFunction.forward: hh (N, 3H), rz (N, 2H), n (N, H) and the h history written."""
-    H = n.shape[1]
+    """Every step of GRUFunction.forward: hh (N, 3H), rz (N, 2H), n (N, H) and the h history written;
+    hh, rz, n all None when no backward follows (the kernel keeps a step's to itself)."""
+    H = h.shape[1]
+    if (hh is None) != (rz is None) or (rz is None) != (n is None):
+        raise ValueError("gru_forward_sequence: hh, rz and n go together: all three buffers or none")
     threads, by_rows = split(batch, weight_hh)
-    _fn("gru_forward_sequence", hh)(*_contiguous(x_proj, bias_hh, hh, rz, n, h, weight_hh), n.shape[0] // batch,
-                                    batch, H, reverse, threads, by_rows)
+    _fn("gru_forward_sequence", h)(*_contiguous(x_proj, bias_hh, hh, rz, n, h, weight_hh), x_proj.shape[0] // batch,
+                                   batch, H, reverse, threads, by_rows)
 
 
 def gru_backward_sequence(d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh, batch, reverse):

@@ -76,7 +76,8 @@ def fused_direction(mode, x, weight_ih, bias_ih, batch_sizes, state, weight_hh, 
                                        batch_sizes, bool(reverse), for_backward)
         return out, (h, c)
     if mode == "GRU":
-        out, h = GRUFunction.apply(x, weight_ih, bias_ih, state[0], weight_hh, bias_hh, batch_sizes, bool(reverse))
+        out, h = GRUFunction.apply(x, weight_ih, bias_ih, state[0], weight_hh, bias_hh, batch_sizes, bool(reverse),
+                                   for_backward)
         return out, (h,)
     if mode == "RNN":
         out, h = RNNFunction.apply(x, weight_ih, bias_ih, state[0], weight_hh, bias_hh, batch_sizes, bool(reverse),

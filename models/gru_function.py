@@ -21,7 +21,9 @@ class GRUFunction(torch.autograd.Function):
     """One GRU direction (torch's GRU), forward and hand-derived backward through time.
 
     apply(x (N, I), weight_ih (3H, I), bias_ih (3H,) or None, h0 (B, H), weight_hh (3H, H),
-          bias_hh (3H,) or None, batch_sizes, reverse) -> (out (N, H), h_n (B, H))
+          bias_hh (3H,) or None, batch_sizes, reverse, for_backward=True) -> (out (N, H), h_n (B, H))
+
+    `for_backward=False` (no backward will follow) skips saving what the backward needs.
 
     Forward, one step in the code's names (`cells/gru.py`); x_proj = x W_ihᵀ + b_ih = [x_r | x_z | x_n]
     for all steps in one matmul before the loop, and the
@@ -60,10 +62,19 @@ class GRUFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight_ih, bias_ih, h0, weight_hh, bias_hh, batch_sizes, reverse):
+    def forward(ctx, x, weight_ih, bias_ih, h0, weight_hh, bias_hh, batch_sizes, reverse, for_backward=True):
         layout = Layout(batch_sizes, reverse)
         N, H = layout.N, h0.shape[1]
         x_proj = input_projection(x, weight_ih, bias_ih)  # (N, 3H)
+        ctx.layout, ctx.for_backward = layout, for_backward
+        if not for_backward and whole_sequence(layout, x_proj):
+            # Nothing is saved: the kernel keeps each step's r, z, n and hh to itself, and h's history
+            # is a buffer of the caller's own, the output a view of it.
+            h_buf, out, outs, h_init = layout.history(h0, x_proj, pooled=False)  # (N + B, H)
+            bias = bias_hh.contiguous() if bias_hh is not None else None
+            cpu_kernels.gru_forward_sequence(x_proj, bias, None, None, None, h_buf, weight_hh.contiguous(), layout.B,
+                                             reverse)
+            return out, layout.final(outs, h_init)  # (N, H), (B, H)
         h_buf, out, outs, h_init = layout.history(h0, x_proj)  # (N + B, H)
         hh = workspace.empty(x_proj, N, 3 * H)  # (N, 3H): h_prev W_hhᵀ + b_hh
         rz = workspace.empty(x_proj, N, 2 * H)  # (N, 2H): r | z
@@ -75,16 +86,19 @@ class GRUFunction(torch.autograd.Function):
         else:
             h_prevs = _forward_steps(layout, x_proj, hh, rz, n, weight_hh, bias_hh, outs, h_init)
 
-        ctx.layout = layout
-        ctx.save_for_backward(x, weight_ih, bias_ih, h0, weight_hh, bias_hh,
-                              rz, n, hh, layout.stacked_previous(h_buf, h_prevs))
+        if for_backward:
+            ctx.save_for_backward(x, weight_ih, bias_ih, h0, weight_hh, bias_hh,
+                                  rz, n, hh, layout.stacked_previous(h_buf, h_prevs))
         return out.clone(), layout.final(outs, h_init)  # (N, H), (B, H)
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
+        if not ctx.for_backward:
+            raise RuntimeError("GRUFunction ran with for_backward=False, so it saved nothing to backpropagate "
+                               "through; call it with for_backward=True when a gradient is wanted")
         saved = dict(zip(SAVED, ctx.saved_tensors))
         if needs_autograd(d_out, d_hn):
-            return backward_by_autograd(ctx, "GRU", saved, (d_out, d_hn)) + (None,) * 2
+            return backward_by_autograd(ctx, "GRU", saved, (d_out, d_hn)) + (None,) * 3
         x, weight_ih, weight_hh = saved["x"], saved["weight_ih"], saved["weight_hh"]
         rz, n, hh, h_prev = saved["rz"], saved["n"], saved["hh"], saved["h_prev"]
         layout = ctx.layout
@@ -106,7 +120,7 @@ class GRUFunction(torch.autograd.Function):
             d_x, d_w_ih, d_b_ih = input_grads(ctx.needs_input_grad, d_proj, x, weight_ih, (need["bias_ih"],))
         d_w_hh = mm(d_hh.t(), h_prev) if need["weight_hh"] else None  # dW_hh = d HHᵀ H_prev  (3H, H)
         d_b_hh = d_hh.sum(0) if need["bias_hh"] else None  # db_hh = Σ d HH  (3H,)
-        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None
+        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None, None
 
 
 def _forward_steps(layout, x_proj, hh, rz, n, weight_hh, bias_hh, outs, h_init):

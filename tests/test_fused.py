@@ -371,17 +371,19 @@ def test_weight_ih_gradient_in_either_orientation_equals_torch(kind, narrow_inpu
     assert_same(ours, ref, *layer_inputs(kind, ours, 5, 4), **TIGHT)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "RNN"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_a_function_run_without_backward_refuses_one_and_says_why(mode):
     """for_backward=False (what the layers pass under no_grad) saves nothing; a backward through such
     a call is refused with a message naming the switch, not answered with wrong gradients."""
     gen = torch.Generator().manual_seed(3)
     new = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True)  # noqa: E731
     T, B, I, H = 4, 3, 2, 5
-    G = 4 if mode == "LSTM" else 1
+    G = {"LSTM": 4, "GRU": 3, "RNN": 1}[mode]
     x, w_ih, b_ih, h0, w_hh, b_hh = new(T * B, I), new(G * H, I), new(G * H), new(B, H), new(G * H, H), new(G * H)
     if mode == "LSTM":
         out, _, _ = fused.LSTMFunction.apply(x, w_ih, b_ih, h0, new(B, H), w_hh, b_hh, None, (B,) * T, False, False)
+    elif mode == "GRU":
+        out, _ = fused.GRUFunction.apply(x, w_ih, b_ih, h0, w_hh, b_hh, (B,) * T, False, False)
     else:
         out, _ = fused.RNNFunction.apply(x, w_ih, b_ih, h0, w_hh, b_hh, (B,) * T, False, "tanh", False)
     with pytest.raises(RuntimeError, match="for_backward=True"):
