@@ -452,62 +452,78 @@ void pack_plain(const T* W, Packed<T>& P) {
 
 // C (ROWS rows, ldc; its first `cols` ≤ NR columns) = or += A · one panel, A packed by pack_rows
 // (A[r, k] at k·S + r): per row two vectors of accumulators, updated by one broadcast of A and two loads
-// of the panel per k. A full panel (cols = NR) starts its accumulators from C and stores them back
-// whole; a panel cut by the block's end goes through a row buffer. With few rows the additions into
-// one accumulator would wait on each other (an FMA's latency is several cycles), so KU steps of k go
-// to KU separate accumulators, summed at the end. With PREFETCH, `ahead` is the panel that the kernel
-// reads next (matmul_columns says why): each k also asks for that panel's row k to be brought into L2.
-template <typename T, int ROWS, int S, int KU = (ROWS >= 4 ? 1 : ROWS >= 2 ? 2 : 4), bool PREFETCH = false>
-inline void panel_kernel(const T* __restrict__ A, const T* __restrict__ panel, int64_t K, T* __restrict__ C,
-                         int64_t ldc, int cols, bool accumulate, const T* ahead = nullptr) {
+// of the panel per k, then stored into C (added to it when accumulating); a panel cut by the block's
+// end goes through a row buffer. With few rows the additions into one accumulator would wait on each
+// other (an FMA's latency is several cycles), so KU steps of k go to KU separate accumulators, summed
+// at the end. With PREFETCH, `ahead` is the panel that the kernel reads next (matmul_columns says
+// why): each k also asks for that panel's row k to be brought into L2.
+// The accumulators start at zero, the k loop runs at least once and each instantiation stores them
+// one way (ACCUMULATE: added to C; FULL: cols = NR): one path from the first instruction to the last.
+// Where paths meet (accumulators from C or from zero, a loop that may not run, two ways to store),
+// gcc keeps the accumulators on the stack and copies them in and out around the loop.
+template <typename T, int ROWS, int S, int KU, bool PREFETCH, bool ACCUMULATE, bool FULL>
+inline void panel_kernel_as(const T* __restrict__ A, const T* __restrict__ panel, int64_t K, T* __restrict__ C,
+                            int64_t ldc, int cols, const T* ahead) {
     typedef typename Simd<T>::vector V;
     constexpr int W = Simd<T>::width;
-    const bool full = cols == 2 * W;
     V lo[KU][ROWS], hi[KU][ROWS];
     for (int u = 0; u < KU; ++u)
         for (int r = 0; r < ROWS; ++r) lo[u][r] = hi[u][r] = V{};
-    if (full && accumulate)
-        for (int r = 0; r < ROWS; ++r) {
-            lo[0][r] = Simd<T>::load(C + r * ldc);
-            hi[0][r] = Simd<T>::load(C + r * ldc + W);
-        }
-    int64_t k = 0;
-    for (; k + KU <= K; k += KU)
-        for (int u = 0; u < KU; ++u) {
-            if constexpr (PREFETCH)  // row k of the next panel, every cache line of it, into L2 (hint T1)
-                for (std::size_t line = 0; line < 2 * W * sizeof(T); line += 64)
-                    __builtin_prefetch(reinterpret_cast<const char*>(ahead + (k + u) * 2 * W) + line, 0, 2);
-            const V b_lo = Simd<T>::load(panel + (k + u) * 2 * W), b_hi = Simd<T>::load(panel + (k + u) * 2 * W + W);
-            for (int r = 0; r < ROWS; ++r) {
-                const T a = A[(k + u) * S + r];
-                lo[u][r] += a * b_lo;
-                hi[u][r] += a * b_hi;
-            }
-        }
-    for (; k < K; ++k) {
+    auto step = [&](int64_t k, int u) {
+        if constexpr (PREFETCH)  // row k of the next panel, every cache line of it, into L2 (hint T1)
+            for (std::size_t line = 0; line < 2 * W * sizeof(T); line += 64)
+                __builtin_prefetch(reinterpret_cast<const char*>(ahead + k * 2 * W) + line, 0, 2);
         const V b_lo = Simd<T>::load(panel + k * 2 * W), b_hi = Simd<T>::load(panel + k * 2 * W + W);
         for (int r = 0; r < ROWS; ++r) {
             const T a = A[k * S + r];
-            lo[0][r] += a * b_lo;
-            hi[0][r] += a * b_hi;
+            lo[u][r] += a * b_lo;
+            hi[u][r] += a * b_hi;
         }
+    };
+    int64_t k = 0;
+    if constexpr (KU == 1) {
+        do step(k, 0);
+        while (++k < K);
+    } else {
+        for (; k + KU <= K; k += KU)
+            for (int u = 0; u < KU; ++u) step(k + u, u);
+        for (; k < K; ++k) step(k, 0);
     }
-    for (int r = 0; r < ROWS; ++r) {
+    for (int r = 0; r < ROWS; ++r)
         for (int u = 1; u < KU; ++u) {
             lo[0][r] += lo[u][r];
             hi[0][r] += hi[u][r];
         }
-        T* c = C + r * ldc;
-        if (full) {
-            Simd<T>::store(c, lo[0][r]);
-            Simd<T>::store(c + W, hi[0][r]);
-            continue;
+    if constexpr (FULL) {
+        for (int r = 0; r < ROWS; ++r) {
+            T* c = C + r * ldc;
+            Simd<T>::store(c, ACCUMULATE ? Simd<T>::load(c) + lo[0][r] : lo[0][r]);
+            Simd<T>::store(c + W, ACCUMULATE ? Simd<T>::load(c + W) + hi[0][r] : hi[0][r]);
         }
+        return;
+    }
+    for (int r = 0; r < ROWS; ++r) {
         T row[2 * W];
         Simd<T>::store(row, lo[0][r]);
         Simd<T>::store(row + W, hi[0][r]);
-        for (int j = 0; j < cols; ++j) c[j] = accumulate ? c[j] + row[j] : row[j];
+        T* c = C + r * ldc;
+        for (int j = 0; j < cols; ++j) c[j] = ACCUMULATE ? c[j] + row[j] : row[j];
     }
+}
+
+template <typename T, int ROWS, int S, int KU = (ROWS >= 4 ? 1 : ROWS >= 2 ? 2 : 4), bool PREFETCH = false>
+inline void panel_kernel(const T* __restrict__ A, const T* __restrict__ panel, int64_t K, T* __restrict__ C,
+                         int64_t ldc, int cols, bool accumulate, const T* ahead = nullptr) {
+    if (K <= 0) {  // C = or += nothing
+        if (!accumulate)
+            for (int r = 0; r < ROWS; ++r) std::fill(C + r * ldc, C + r * ldc + cols, T(0));
+        return;
+    }
+    const bool full = cols == 2 * Simd<T>::width;
+    if (accumulate && full) panel_kernel_as<T, ROWS, S, KU, PREFETCH, true, true>(A, panel, K, C, ldc, cols, ahead);
+    else if (accumulate) panel_kernel_as<T, ROWS, S, KU, PREFETCH, true, false>(A, panel, K, C, ldc, cols, ahead);
+    else if (full) panel_kernel_as<T, ROWS, S, KU, PREFETCH, false, true>(A, panel, K, C, ldc, cols, ahead);
+    else panel_kernel_as<T, ROWS, S, KU, PREFETCH, false, false>(A, panel, K, C, ldc, cols, ahead);
 }
 
 // The panel kernel for the last rows < S of a matmul: panel_kernel<T, rows, S>.

@@ -25,8 +25,9 @@
 The sequence layout is PackedSequence's (`models.layout`): step t holds `batch_sizes[t]` rows.
 
 What the caller receives never aliases memory this path writes again: outputs and final states
-are fresh tensors (the output is copied out of the pooled history buffer once per call), and
-gradients are fresh too. So an output can be modified in place, kept across calls, or handed to
+are fresh tensors (the output is copied out of the pooled history buffer once per call, or written
+there by the sequence kernel beside the history; without a backward the history is the caller's own),
+and gradients are fresh too. So an output can be modified in place, kept across calls, or handed to
 another process (whose shared memory the pool would otherwise overwrite). Under
 `torch.inference_mode()` the pool serves as well, with buffers made outside it (normal tensors, which
 a later call outside inference mode can still write), and what the caller receives is made inside it,
