@@ -67,7 +67,7 @@ def fused_direction(mode, x, weight_ih, bias_ih, batch_sizes, state, weight_hh, 
 
     Same arguments and results as `models.unroll.readable_direction`.
     """
-    batch_sizes = tuple(int(b) for b in batch_sizes)
+    batch_sizes = tuple(map(int, batch_sizes))
     # Inside forward, grad mode is always off and needs_input_grad ignores it, so the Function learns
     # here whether a backward can follow (and it must save what that backward needs).
     for_backward = torch.is_grad_enabled() and any(

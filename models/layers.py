@@ -296,6 +296,10 @@ class RNNBase(nn.Module):
             x = outputs[0] if directions == 1 else torch.cat(outputs, 1)  # (N, D·P)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
+        # (L·D, B, ·) each. The fast path's final states are tensors of their own, so a single one
+        # needs no copy; the readable unroll's are views of its outputs, which stack copies apart.
+        if len(finals[0]) == 1 and run_direction is fused_direction:
+            return x, tuple(f[0].unsqueeze(0) for f in finals)
         return x, tuple(torch.stack(f) for f in finals)
 
     @torch.no_grad()

@@ -31,7 +31,7 @@ class Layout:
         self.sizes = list(batch_sizes)  # b_t, non-increasing
         self.T, self.B, self.N = len(self.sizes), self.sizes[0], sum(self.sizes)
         self.reverse = reverse
-        self.uniform = all(b == self.B for b in self.sizes)
+        self.uniform = self.sizes.count(self.B) == self.T
         self.order = range(self.T - 1, -1, -1) if reverse else range(self.T)
         self.back_order = range(self.T) if reverse else range(self.T - 1, -1, -1)
 
