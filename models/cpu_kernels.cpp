@@ -143,7 +143,8 @@ inline void lstm_forward_units(int64_t j, const float* __restrict__ z_i, float* 
                                const float* __restrict__ b, const float* __restrict__ x,
                                const float* __restrict__ c_prev, float* __restrict__ c, float* __restrict__ m,
                                float* __restrict__ k_i, float* __restrict__ k_f, float* __restrict__ k_g,
-                               float* __restrict__ k_o, float* __restrict__ k_c, int64_t ld) {
+                               float* __restrict__ k_o, float* __restrict__ k_c, int64_t ld,
+                               float* __restrict__ f_copy, float* __restrict__ m_copy) {
     typedef typename O::V V;
     auto pre = [&](const float* z, int gate) {  // z (+ x) (+ b) for the gate
         V v = O::load(z + j);
@@ -159,9 +160,11 @@ inline void lstm_forward_units(int64_t j, const float* __restrict__ z_i, float* 
     const V mm = O::mul(o, tc);  // m = o ⊙ tanh(c)
     O::store(c + j, cc);
     O::store(m + j, mm);
+    if (m_copy) O::store(m_copy + j, mm);
     if (FOR_BACKWARD) {
         const V cf = O::mul(cp, f);
         O::store(z_f + j, f);
+        if (f_copy) O::store(f_copy + j, f);
         O::store(k_i + j, O::fnmadd(gi, i, gi));  // g i (1 − i)
         O::store(k_f + j, O::fnmadd(cf, f, cf));  // c_prev f (1 − f)
         O::store(k_g + j, O::fnmadd(gi, g, i));  // i (1 − g²)
@@ -179,24 +182,26 @@ inline void lstm_forward_units(int64_t j, const float* __restrict__ z_i, float* 
 // z or x_proj holds b_ih + b_hh already or, with BIAS, b (4H) = b_ih + b_hh is added here (units j of
 // gate q at x[q·ld + j] and b[q·ld + j]: ld is the layer's H when the row is a share of its units)
 // → c (b, H), m = o ⊙ tanh(c) (b, H); for a backward: f back into z's f column and
-// k = [k_i | k_f | k_g | k_o | k_c] (b, 5H), the backward's factors.
+// k = [k_i | k_f | k_g | k_o | k_c] (b, 5H), the backward's factors. f_copy, m_copy: null, or where f
+// (for a backward) and m go as well, while they are in registers.
 template <typename T, bool FOR_BACKWARD, bool BIAS = false, bool ADD_X = false>
 void lstm_forward_row(const T* __restrict__ z_i, T* __restrict__ z_f, const T* __restrict__ z_g,
                       const T* __restrict__ z_o, const T* __restrict__ c_prev, T* __restrict__ c,
                       T* __restrict__ m, T* __restrict__ k_i, T* __restrict__ k_f, T* __restrict__ k_g,
                       T* __restrict__ k_o, T* __restrict__ k_c, int64_t H, const T* __restrict__ b = nullptr,
-                      const T* __restrict__ x = nullptr, int64_t ld = 0) {
+                      const T* __restrict__ x = nullptr, int64_t ld = 0, T* __restrict__ f_copy = nullptr,
+                      T* __restrict__ m_copy = nullptr) {
     int64_t j = 0;
     if constexpr (std::is_same_v<T, float>) {  // a vector of units at a time: the same formulas as below
 #ifdef __AVX512F__
         for (; j + Avx512::width <= H; j += Avx512::width)
             lstm_forward_units<Avx512, FOR_BACKWARD, BIAS, ADD_X>(j, z_i, z_f, z_g, z_o, b, x, c_prev, c, m, k_i,
-                                                                  k_f, k_g, k_o, k_c, ld);
+                                                                  k_f, k_g, k_o, k_c, ld, f_copy, m_copy);
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
         for (; j + Avx2::width <= H; j += Avx2::width)
             lstm_forward_units<Avx2, FOR_BACKWARD, BIAS, ADD_X>(j, z_i, z_f, z_g, z_o, b, x, c_prev, c, m, k_i, k_f,
-                                                                k_g, k_o, k_c, ld);
+                                                                k_g, k_o, k_c, ld, f_copy, m_copy);
 #endif
     }
     auto pre = [&](const T* z, int q) {  // z (+ x) (+ b) for gate q
@@ -212,8 +217,10 @@ void lstm_forward_row(const T* __restrict__ z_i, T* __restrict__ z_f, const T* _
         const T mm = o * tc;
         c[j] = cc;
         m[j] = mm;
+        if (m_copy) m_copy[j] = mm;
         if (FOR_BACKWARD) {
             z_f[j] = f;
+            if (f_copy) f_copy[j] = f;
             k_i[j] = g * i * (T(1) - i);
             k_f[j] = c_prev[j] * f * (T(1) - f);
             k_g[j] = i * (T(1) - g * g);
@@ -941,14 +948,12 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
                 auto k_gate = [&](int q) { return FOR_BACKWARD ? kr + q * H : nullptr; };  // k_i, k_f, k_g, k_o, k_c
                 const int64_t o = row * H + s.j0;
                 const T* x_proj = INPUT ? nullptr : acts_t + row * 4 * H + s.j0;
+                T* f_acts = FOR_BACKWARD ? acts_t + row * 4 * H + H + s.j0 : nullptr;  // f where the backward reads it
+                T* h_out = out ? out + (t * B + s.r0 + row) * H + s.j0 : nullptr;  // h once more, for the caller
                 lstm_forward_row<T, FOR_BACKWARD, BIAS, !INPUT>(zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + o, c_t + o,
                                                                 h_t + o, k_gate(0), k_gate(1), k_gate(2), k_gate(3),
                                                                 k_gate(4), s.units(), BIAS ? bias + s.j0 : nullptr,
-                                                                x_proj, H);
-                if (FOR_BACKWARD)  // f where the backward reads it
-                    std::memcpy(acts_t + row * 4 * H + H + s.j0, zr + H, s.units() * sizeof(T));
-                if (out)  // h once more, for the caller, while it is in cache
-                    std::memcpy(out + (t * B + s.r0 + row) * H + s.j0, h_t + o, s.units() * sizeof(T));
+                                                                x_proj, H, f_acts, h_out);
             }
         }
         if (h_n) copy_share(s, h, last, h_n, 0);
