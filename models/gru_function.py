@@ -67,20 +67,17 @@ class GRUFunction(torch.autograd.Function):
         N, H = layout.N, h0.shape[1]
         x_proj = input_projection(x, weight_ih, bias_ih)  # (N, 3H)
         ctx.layout, ctx.for_backward = layout, for_backward
-        if not for_backward and whole_sequence(layout, x_proj):
-            # Nothing is saved: the kernel keeps each step's r, z, n and hh to itself, and h's history
-            # is a buffer of the caller's own, the output a view of it.
-            h_buf, out, outs, h_init = layout.history(h0, x_proj, pooled=False)  # (N + B, H)
-            bias = bias_hh.contiguous() if bias_hh is not None else None
-            cpu_kernels.gru_forward_sequence(x_proj, bias, None, None, None, h_buf, weight_hh.contiguous(), layout.B,
-                                             reverse)
-            return out, layout.final(outs, h_init)  # (N, H), (B, H)
-        h_buf, out, outs, h_init = layout.history(h0, x_proj)  # (N + B, H)
-        hh = workspace.empty(x_proj, N, 3 * H)  # (N, 3H): h_prev W_hhᵀ + b_hh
-        rz = workspace.empty(x_proj, N, 2 * H)  # (N, 2H): r | z
-        n = workspace.empty(x_proj, N, H)  # (N, H)
-        h_prevs = None
-        if whole_sequence(layout, x_proj):
+        sequence = whole_sequence(layout, x_proj)
+        # Without a backward to follow nothing is saved: the sequence kernel keeps each step's r, z, n
+        # and hh to itself, and h's history can be a buffer of the caller's own and the output a view of it.
+        own_output = sequence and not for_backward
+        h_buf, out, outs, h_init = layout.history(h0, x_proj, pooled=not own_output)  # (N + B, H)
+        hh = rz = n = h_prevs = None
+        if not own_output:
+            hh = workspace.empty(x_proj, N, 3 * H)  # (N, 3H): h_prev W_hhᵀ + b_hh
+            rz = workspace.empty(x_proj, N, 2 * H)  # (N, 2H): r | z
+            n = workspace.empty(x_proj, N, H)  # (N, H)
+        if sequence:
             bias = bias_hh.contiguous() if bias_hh is not None else None
             cpu_kernels.gru_forward_sequence(x_proj, bias, hh, rz, n, h_buf, weight_hh.contiguous(), layout.B, reverse)
         else:
@@ -89,7 +86,7 @@ class GRUFunction(torch.autograd.Function):
         if for_backward:
             ctx.save_for_backward(x, weight_ih, bias_ih, h0, weight_hh, bias_hh,
                                   rz, n, hh, layout.stacked_previous(h_buf, h_prevs))
-        return out.clone(), layout.final(outs, h_init)  # (N, H), (B, H)
+        return out if own_output else out.clone(), layout.final(outs, h_init)  # (N, H), (B, H)
 
     @staticmethod
     def backward(ctx, d_out, d_hn):

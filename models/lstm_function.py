@@ -172,19 +172,28 @@ def steps_project_input(x, batch, for_backward):
 
 
 def _forward_sequence(layout, acts, k, bias_ih, bias_hh, h0, c0, weight_hh, x=None, weight_ih=None):
-    """The forward of a backward to come, on the sequence kernel: (h's history (N + B, H), out (N, H),
-    h_n, c_n). The history, h0 and every step's h, is what the backward reads (dW_hh = dZᵀ H_prev),
-    so the caller's output is another buffer, which the kernel writes h into as well: an in-place op
-    on the output then leaves the history as it was. Of c the kernel keeps two states (the backward
-    reads k, not c). x, weight_ih: given when the kernel projects the input itself."""
+    """The whole forward in one call of the sequence kernel: (h's history (N + B, H), out (N, H), h_n,
+    c_n). Of c the kernel keeps two states (a backward reads k, not c), and it copies the initial and
+    final states itself. x, weight_ih: given when the kernel projects the input itself; acts: the
+    projected input otherwise, and where f goes for a backward.
+
+    With k (a backward to come) the history, h0 and every step's h, is what the backward reads
+    (dW_hh = dZᵀ H_prev), so the caller's output is another buffer, which the kernel writes h into as
+    well: an in-place op on the output then leaves the history as it was. Without, nothing is saved:
+    the history is a buffer of the caller's own and the output a view of it."""
     B, N, H = layout.B, layout.N, c0.shape[1]
-    h_buf = workspace.empty(acts, N + B, H)  # (N + B, H): h0 goes in by the kernel
-    c_buf = acts.new_empty(2 * B, H)
-    out, h_n, c_n = acts.new_empty(N, H), acts.new_empty(B, H), acts.new_empty(B, H)
+    like = x if acts is None else acts
+    if k is not None:
+        h_buf = workspace.empty(like, N + B, H)  # (N + B, H): h0 goes in by the kernel
+        out = like.new_empty(N, H)
+    else:
+        h_buf = like.new_empty(N + B, H)
+        out = layout.outputs(h_buf)
+    c_buf, h_n, c_n = like.new_empty(2 * B, H), like.new_empty(B, H), like.new_empty(B, H)
     inputs = (x.contiguous(), weight_ih.contiguous()) if x is not None else (None, None)
     cpu_kernels.lstm_forward_sequence(acts, summed_bias(bias_ih, bias_hh), h_buf, c_buf, k, weight_hh.contiguous(), B,
                                       layout.reverse, *inputs, states=(h0.contiguous(), c0.contiguous(), h_n, c_n),
-                                      out=out)
+                                      out=out if k is not None else None)
     return h_buf, out, h_n, c_n
 
 
@@ -198,14 +207,11 @@ def _forward_without_backward(layout, x, weight_ih, bias_ih, bias_hh, h0, c0, we
     steps (about CHUNK_BYTES of z) just before they run, into a buffer that each chunk reuses while it
     is still in cache, instead of for the whole sequence at once.
     """
-    B, T, N, H = layout.B, layout.T, layout.N, c0.shape[1]
-    w_hh, bias = weight_hh.contiguous(), summed_bias(bias_ih, bias_hh)
+    B, T, H = layout.B, layout.T, c0.shape[1]
     if steps_project_input(x, B, for_backward=False):  # no x_proj at all: every step projects its own input
-        h_buf, c_buf = x.new_empty(N + B, H), x.new_empty(2 * B, H)  # c: two states, not a history
-        h_n, c_n = x.new_empty(B, H), x.new_empty(B, H)
-        cpu_kernels.lstm_forward_sequence(None, bias, h_buf, c_buf, None, w_hh, B, layout.reverse, x.contiguous(),
-                                          weight_ih.contiguous(), states=(h0.contiguous(), c0.contiguous(), h_n, c_n))
-        return layout.outputs(h_buf), h_n, c_n
+        _, out, h_n, c_n = _forward_sequence(layout, None, None, bias_ih, bias_hh, h0, c0, weight_hh, x, weight_ih)
+        return out, h_n, c_n
+    w_hh, bias = weight_hh.contiguous(), summed_bias(bias_ih, bias_hh)
     h_buf, out, outs, h_init = layout.history(h0, x, pooled=False)  # (N + B, H)
     c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
     steps = max(1, CHUNK_BYTES // (B * 4 * H * x.element_size()))
