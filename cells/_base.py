@@ -91,3 +91,26 @@ class CellBase(nn.Module):
         """The input and states have the weights' dtype (after their shapes, as torch.nn checks)."""
         for name, tensor in tensors.items():
             check_dtype(name, tensor, self.weight_ih)
+
+    def check_step_backward(self, input, hx, grad_out, states):
+        """step_backward's arguments: input (B, I) and, for each state named in `states` ("h", or "h"
+        and "c"), its tensor in hx and its gradient in grad_out, each (B, H) — batched only, a tuple
+        when there are two states, all of the weights' dtype. Returns hx."""
+        where = f"{type(self).__name__}.step_backward"
+        check_floating("input", input, self.weight_ih)
+        if input.dim() != 2 or input.shape[1] != self.input_size:
+            raise ShapeError(f"{where}: input must be 2-D (batch, input_size={self.input_size}), got shape "
+                             f"{shape_str(input)}")
+        expected = (input.shape[0], self.hidden_size)
+        for argument, value in (("hx", hx), ("grad_out", grad_out)):
+            if len(states) > 1 and not (isinstance(value, (tuple, list)) and len(value) == len(states)):
+                raise TypeError(f"{where}: {argument} must be a tuple ({', '.join(states)}) of {len(states)} "
+                                f"tensors, got {type(value).__name__}")
+            tensors = tuple(value) if len(states) > 1 else (value,)
+            for k, (state, tensor) in enumerate(zip(states, tensors)):
+                name = f"{argument}[{k}] ({state})" if len(states) > 1 else argument
+                check_floating(name, tensor, self.weight_ih)
+                if tuple(tensor.shape) != expected:
+                    raise ShapeError(f"{where}: {name} must have shape (batch, hidden_size) = {expected} like the "
+                                     f"input, got {shape_str(tensor)}")
+        return hx
