@@ -16,7 +16,7 @@ from torch import nn
 
 import cells
 from cells.check import check_cell, check_file, main
-from cells.templates import template
+from cells.check.templates import template
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

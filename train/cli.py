@@ -251,10 +251,12 @@ def default_out(config: cfg.Config) -> str:
 def _learner_cell(spec: str, given: dict[str, Any]) -> Optional[str]:
     """Check a learner's cell (--cell-class) against torch.nn before training it: a cell that differs
     is trained anyway, after a warning; only what is not a cell at all is refused (the sentence why).
-    Sets --cell to the cell's kind and --impl to readable, the unroll that runs it."""
+    Sets --cell to the cell's kind and --impl to readable, the unroll that runs it. Training
+    differentiates the cell's forward with autograd, so a step_backward it may have is not checked
+    here (`python -m cells.check` does)."""
     from cells.check import check_file
 
-    report = check_file(spec)
+    report = check_file(spec, backward=False)
     if report.status == 2:
         return str(report)
     if given.get("cell") not in (None, report.kind):

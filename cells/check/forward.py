@@ -1,180 +1,25 @@
-"""Check your own cell against torch.nn: equal, or which classic mistake it makes.
+"""The forward check: the learner's cell against the matching torch.nn cell holding the same weights.
 
-    python -m cells.check my_lstm.py:MyLSTMCell        # exit 0 equal, 1 different, 2 not a cell
-    python -m cells.check my_gru.py                    # the file's only cell class
-    python -m cells.check my_cell.py:Cell --kind gru   # the kind, when the shapes leave it open
-    python -m cells.check --template lstm > my_lstm.py # a skeleton to fill in (also gru, rnn)
-
-From Python or pytest:
-
-    from cells.check import check_cell
-    report = check_cell(MyLSTMCell)
-    assert report.equal, report          # str(report) is what the command prints
-
-The cell has torch's cell interface: `CLASS(input_size, hidden_size, bias=True)`, parameters named
-and shaped like torch's (`weight_ih` (G·H, I), `weight_hh` (G·H, H), `bias_ih`, `bias_hh` (G·H,),
-G = 1, 4, 3 for RNN, LSTM, GRU), and `forward(input, hx)` returning h' (RNN, GRU) or (h', c') (LSTM).
-The kind is read from weight_ih's rows. The check copies the weights of the matching torch.nn cell
-into the learner's through `state_dict` (strict) and compares, in float64, h' (and c') and the
-gradients of the input, of the states and of every parameter over several sizes and random inputs,
-then runs `gradcheck` and tries `bias=False`. When the numbers differ, `cells.mistakes` recomputes
-torch's step with the learner's weights and each classic mistake in turn, and names the one that
-reproduces them. `hx=None` and unbatched input are conveniences: only noted when missing.
+It copies the weights of torch.nn's cell into the learner's through `state_dict` (strict) and
+compares, in float64, h' (and c') and autograd's gradients of the input, of the states and of every
+parameter over several sizes and random inputs, then runs `gradcheck` and tries `bias=False`. When
+the numbers differ, `mistakes` recomputes torch's step with the learner's weights and each classic
+mistake in turn, and names the one that reproduces them. `hx=None` and unbatched input are
+conveniences: only noted when missing.
 """
-import argparse
 import contextlib
-import importlib.util
-import inspect
 import itertools
-import pathlib
-import sys
-import textwrap
-import traceback
-from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch import nn
 
+from .loading import describe_error, source_file
 from .mistakes import GATES, find_mistakes, rows
+from .report import EXIT_DIFFERENT, EXIT_EQUAL, TIGHT, TORCH_CELLS, NotACell, Report
 
-TORCH_CELLS = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
 KIND_OF_GATES = {1: "rnn", 4: "lstm", 3: "gru"}
 SIZES = [(3, 5, 4), (5, 5, 1), (1, 1, 2), (6, 2, 3)]  # (input, hidden, batch); the first is diagnosed
 DRAWS = 2  # random weights and inputs per size
-TIGHT = {"atol": 1e-10, "rtol": 1e-10}  # float64, as in tests/
-EXIT_EQUAL, EXIT_DIFFERENT, EXIT_NOT_A_CELL = 0, 1, 2
-
-
-class NotACell(Exception):
-    """The class cannot be compared with a torch.nn cell; the message says what was expected."""
-
-
-@dataclass
-class Report:
-    """What `check_cell` found. `equal` is the verdict; `str(report)` the text the command prints."""
-
-    name: str
-    kind: Optional[str] = None
-    status: int = EXIT_EQUAL  # the command's exit status: 0 equal, 1 different, 2 not a cell
-    checked: list = field(default_factory=list)  # what was compared, one line each
-    notes: list = field(default_factory=list)  # missing conveniences; never change the verdict
-    mistakes: list = field(default_factory=list)  # cells.mistakes.Mistake that reproduce the numbers
-    differences: list = field(default_factory=list)  # where the numbers first differ, one line each
-    error: Optional[str] = None  # why it is not a cell (status 2)
-
-    @property
-    def equal(self):
-        return self.status == EXIT_EQUAL
-
-    @property
-    def reference(self):
-        return f"torch.nn.{TORCH_CELLS[self.kind].__name__}" if self.kind else "torch.nn"
-
-    def __str__(self):
-        if self.status == EXIT_NOT_A_CELL:
-            return f"{self.name} is not a cell this check can compare with torch.nn:\n{_indent(self.error)}"
-        lines = [f"{self.name} {'equals' if self.equal else 'differs from'} {self.reference}."]
-        if self.mistakes:
-            lines += _wrap("Diagnosis: " + self.mistakes[0].text)
-            for m in self.mistakes[1:]:
-                lines += _wrap("Also reproduces your numbers: " + m.text)
-            lines += _wrap("(torch's step recomputed with your weights and this one change gives your "
-                           "numbers to 1e-9.)")
-        elif not self.equal:
-            lines += _wrap("No known mistake reproduces your numbers (tried: the gate order, σ/tanh on "
-                           "each gate, each bias missing or twice, transposed weights, hx ignored, and "
-                           "this cell's classic slips).")
-        if self.differences:
-            lines.append("Where it differs:")
-            lines += [line for d in self.differences for line in _wrap(d, "  ")]
-        if self.checked:
-            lines.append("Checked:" if self.equal else "Checked before the first difference:")
-            lines += [line for c in self.checked for line in _wrap(c, "  ")]
-        if self.notes:
-            lines.append("Notes:")
-            lines += [line for n in self.notes for line in _wrap(n, "  ")]
-        return "\n".join(lines)
-
-
-def _wrap(text, indent=""):
-    """Lines of at most 100 characters; continuation lines indented two more."""
-    return textwrap.wrap(text, 100, initial_indent=indent, subsequent_indent=indent + "  ",
-                         break_long_words=False, break_on_hyphens=False)
-
-
-def _indent(text):
-    return "\n".join("  " + line for line in text.splitlines())
-
-
-# -- loading a learner's file -------------------------------------------------------------------
-
-
-def load_cell_class(spec):
-    """The class named by "FILE.py:CLASS" (or "FILE.py" when the file defines one nn.Module)."""
-    path_text, _, name = spec.rpartition(":") if ":" in spec and not spec.endswith(":") else (spec, "", "")
-    if len(path_text) == 1 and name.startswith(("\\", "/")):  # a Windows drive, C:\cell.py, not a class
-        path_text, name = spec, ""
-    path = pathlib.Path(path_text)
-    if not path.is_file():
-        raise NotACell(f"no file {path_text!r}: give FILE.py:CLASS, e.g. my_lstm.py:MyLSTMCell")
-    module = _import_file(path)
-    classes = {n: c for n, c in vars(module).items()
-               if inspect.isclass(c) and issubclass(c, nn.Module) and c.__module__ == module.__name__}
-    if not name:
-        if len(classes) != 1:
-            found = ", ".join(sorted(classes)) or "none"
-            raise NotACell(f"{path} defines {len(classes)} nn.Module classes ({found}); name one: {path}:CLASS")
-        return next(iter(classes.values()))
-    if not hasattr(module, name):
-        found = ", ".join(sorted(classes)) or "no nn.Module classes"
-        raise NotACell(f"{path} has no class {name!r}; it defines {found}")
-    cls = getattr(module, name)
-    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
-        raise NotACell(f"{path}:{name} is a {type(cls).__name__}, not a class deriving from torch.nn.Module")
-    return cls
-
-
-def _import_file(path):
-    """Execute the learner's file as a module, with its folder on sys.path for its own imports."""
-    folder = str(path.resolve().parent)
-    module_name = f"_learner_cell_{path.stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, folder)
-    sys.modules[module_name] = module  # dataclasses and pickling look their module up there
-    try:
-        spec.loader.exec_module(module)
-    except BaseException as e:  # noqa: B036 - a SystemExit or KeyboardInterrupt from the file too
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        raise NotACell(f"importing {path} raised {_where(e, path)}") from None
-    finally:
-        sys.path.remove(folder)
-    return module
-
-
-def _where(error, path=None):
-    """`error` as one line, with the line of the learner's code that raised it."""
-    frames = traceback.extract_tb(error.__traceback__)
-    mine = [f for f in frames if path is not None and pathlib.Path(f.filename).resolve() == pathlib.Path(path).resolve()]
-    if isinstance(error, SyntaxError) and error.lineno:
-        return f"SyntaxError: {error.msg} (line {error.lineno}: {(error.text or '').strip()!r})"
-    text = f"{type(error).__name__}: {error}".strip()
-    frame = mine[-1] if mine else None
-    if frame is not None:
-        text += f"\n  at {pathlib.Path(frame.filename).name}, line {frame.lineno}: {frame.line}"
-    return text
-
-
-# -- building the cell and its reference --------------------------------------------------------
-
-
-def _source(cls):
-    try:
-        return inspect.getsourcefile(cls)
-    except TypeError:
-        return None
 
 
 def _construct(cls, input_size, hidden_size, **kwargs):
@@ -184,7 +29,7 @@ def _construct(cls, input_size, hidden_size, **kwargs):
     except Exception as e:
         if kwargs:
             raise
-        raise NotACell(f"{cls.__name__}({args}) raised {_where(e, _source(cls))}\n"
+        raise NotACell(f"{cls.__name__}({args}) raised {describe_error(e, source_file(cls))}\n"
                        f"expected: the constructor of torch's cells, {cls.__name__}(input_size, hidden_size, "
                        f"bias=True)") from None
     if not isinstance(cell, nn.Module):
@@ -262,7 +107,7 @@ def _check_parameters(cell, kind, input_size, hidden_size, bias):
         raise NotACell(message)
 
 
-def _pair(cls, kind, nonlinearity, input_size, hidden_size, seed, bias=True):
+def pair(cls, kind, nonlinearity, input_size, hidden_size, seed, bias=True):
     """The learner's cell holding the weights of a freshly initialised torch.nn cell, and that cell."""
     torch.manual_seed(seed)
     extra = {"nonlinearity": nonlinearity} if kind == "rnn" else {}
@@ -276,7 +121,7 @@ def _pair(cls, kind, nonlinearity, input_size, hidden_size, seed, bias=True):
 # -- running one case ---------------------------------------------------------------------------
 
 
-def _inputs(kind, input_size, hidden_size, batch, seed):
+def random_inputs(kind, input_size, hidden_size, batch, seed):
     """x (B, I) and the states ((h,) or (h, c), each (B, H)); batch 0 means unbatched."""
     gen = torch.Generator().manual_seed(10_000 + seed)
     shape = (batch,) if batch else ()
@@ -286,7 +131,7 @@ def _inputs(kind, input_size, hidden_size, batch, seed):
     return x, states
 
 
-def _hx(kind, states):
+def as_hx(kind, states):
     """The states as forward's hx: (h, c) for an LSTM, h alone otherwise."""
     return tuple(states) if kind == "lstm" else states[0]
 
@@ -313,7 +158,7 @@ def _outputs(out, kind, shape, reference):
 
 def _forward(cell, kind, x, states, source, reference):
     try:
-        out = cell(x, _hx(kind, states))
+        out = cell(x, as_hx(kind, states))
     except Exception as e:
         shapes = f"input {tuple(x.shape)}, hx " + (
             f"(h {tuple(states[0].shape)}, c {tuple(states[1].shape)})" if kind == "lstm" else str(tuple(states[0].shape)))
@@ -321,7 +166,7 @@ def _forward(cell, kind, x, states, source, reference):
         if "multiplied" in str(e) or "size mismatch" in str(e) or "shape" in str(e):
             hint = ("\nhint: torch's weights are (out, in): W_ih x is x @ weight_ih.T, or "
                     "F.linear(x, weight_ih, bias_ih); W_hh h is h @ weight_hh.T")
-        raise NotACell(f"forward({shapes}) raised {_where(e, source)}{hint}") from None
+        raise NotACell(f"forward({shapes}) raised {describe_error(e, source)}{hint}") from None
     return _outputs(out, kind, tuple(states[0].shape), reference)
 
 
@@ -355,7 +200,7 @@ def _compare(kind, ours, theirs):
         line = f"{name} differs: max |Δ| = {delta.max().item():.3g}"
         parameter = name.removeprefix("grad ")
         if parameter in ("weight_ih", "weight_hh", "bias_ih", "bias_hh") and kind != "rnn":
-            line += " — " + _by_gate(kind, delta)
+            line += " — " + by_gate(kind, delta)
         elif delta.dim() == 2:
             row, unit = divmod(int(delta.argmax()), delta.shape[1])
             line += f" (largest at batch row {row}, unit {unit})" if name in ("h'", "c'") else ""
@@ -363,7 +208,7 @@ def _compare(kind, ours, theirs):
     return lines
 
 
-def _by_gate(kind, delta):
+def by_gate(kind, delta):
     """Which gates' row slices of a stacked parameter's gradient differ, and by how much."""
     gates = GATES[kind]
     said = []
@@ -374,11 +219,8 @@ def _by_gate(kind, delta):
     return "by gate: " + ", ".join(said)
 
 
-# -- the whole check ----------------------------------------------------------------------------
-
-
 @contextlib.contextmanager
-def _float64_everywhere():
+def float64_everywhere():
     """float64 as the default dtype (tensors the learner creates in forward follow it), and the
     caller's random state left untouched."""
     before = torch.get_default_dtype()
@@ -390,32 +232,10 @@ def _float64_everywhere():
         torch.set_default_dtype(before)
 
 
-def check_cell(cls, kind=None, name=None):
-    """Compare the cell class `cls` with the matching torch.nn cell; returns a `Report`.
-
-    kind: "rnn", "lstm" or "gru" (default: read from weight_ih's rows). `report.equal` is the
-    verdict, `report.status` the exit status of `python -m cells.check`, `str(report)` its text.
-    """
-    report = Report(name=name or getattr(cls, "__name__", str(cls)))
-    try:
-        with _float64_everywhere():
-            _check(cls, kind, report)
-    except NotACell as e:
-        report.status, report.error = EXIT_NOT_A_CELL, str(e)
-    return report
-
-
-def check_file(spec, kind=None):
-    """`check_cell` on the class named by "FILE.py:CLASS"."""
-    try:
-        cls = load_cell_class(spec)
-    except NotACell as e:
-        return Report(name=spec, status=EXIT_NOT_A_CELL, error=str(e))
-    return check_cell(cls, kind, name=f"{cls.__name__} ({spec.rpartition(':')[0] or spec})")
-
-
-def _check(cls, kind, report):
-    source = _source(cls)
+def check_forward(cls, kind, report):
+    """The forward check of the class `cls`, into `report`; returns (kind, nonlinearity) when the
+    cell equals torch's, None when it differs (the report says how). Raises NotACell."""
+    source = source_file(cls)
     input_size, hidden_size, _ = SIZES[0]
     probe = _construct(cls, input_size, hidden_size)
     report.kind = kind = detect_kind(probe, input_size, hidden_size, kind)
@@ -423,17 +243,19 @@ def _check(cls, kind, report):
     nonlinearity = nonlinearity if nonlinearity in ("tanh", "relu") else "tanh"
     try:
         if not _compare_sizes(cls, kind, nonlinearity, source, report, SIZES, bias=True):
-            return
+            return None
     except NotACell as error:
         if not _only_square(cls, kind, nonlinearity, source, report, error):
             raise
-        return
+        return None
     report.checked.append(_what_was_compared(kind, nonlinearity, probe))
     if not _gradcheck(cls, kind, nonlinearity, source, report):
-        return
+        return None
     _check_without_bias(cls, kind, nonlinearity, source, report)
-    if report.status == EXIT_EQUAL:
-        _note_conveniences(cls, kind, nonlinearity, source, report)
+    if report.status != EXIT_EQUAL:
+        return None
+    _note_conveniences(cls, kind, nonlinearity, source, report)
+    return kind, nonlinearity
 
 
 def _what_was_compared(kind, nonlinearity, cell):
@@ -441,13 +263,13 @@ def _what_was_compared(kind, nonlinearity, cell):
     states = "h, c" if kind == "lstm" else "h"
     outputs = "h' and c'" if kind == "lstm" else "h'"
     params = ", ".join(n for n, _ in cell.named_parameters())
-    sizes = _sizes(SIZES)
+    sizes = sizes_text(SIZES)
     return (f"{outputs} and the gradients of input, {states}, {params}, against torch.nn.{reference} "
             f"holding the same weights (state_dict, strict), in float64 to 1e-10, for (input, hidden, batch) "
             f"= {sizes}, {DRAWS} random draws each")
 
 
-def _sizes(sizes):
+def sizes_text(sizes):
     return ", ".join("(" + ",".join(str(n) for n in size) + ")" for size in sizes)  # unbroken when wrapped
 
 
@@ -456,8 +278,8 @@ def _compare_sizes(cls, kind, nonlinearity, source, report, sizes, bias, label="
     reference = TORCH_CELLS[kind].__name__
     for (input_size, hidden_size, batch), draw in itertools.product(sizes, range(DRAWS)):
         seed = 100 * draw + input_size * 10 + hidden_size
-        cell, ref = _pair(cls, kind, nonlinearity, input_size, hidden_size, seed, bias)
-        x, states = _inputs(kind, input_size, hidden_size, batch, seed)
+        cell, ref = pair(cls, kind, nonlinearity, input_size, hidden_size, seed, bias)
+        x, states = random_inputs(kind, input_size, hidden_size, batch, seed)
         ours = _run_case(cell, kind, x, states, source, reference)
         theirs = _run_case(ref, kind, x, states, source, reference)
         differences = _compare(kind, ours, theirs)
@@ -511,14 +333,14 @@ def _hints(kind, ours, theirs, mistakes):
 
 def _gradcheck(cls, kind, nonlinearity, source, report):
     """torch.autograd.gradcheck through the learner's cell, w.r.t. input, states and parameters."""
-    cell, _ = _pair(cls, kind, nonlinearity, 2, 3, seed=7)
-    x, states = _inputs(kind, 2, 3, 2, seed=7)
+    cell, _ = pair(cls, kind, nonlinearity, 2, 3, seed=7)
+    x, states = random_inputs(kind, 2, 3, 2, seed=7)
     names = [n for n, _ in cell.named_parameters()]
     reference = TORCH_CELLS[kind].__name__
 
     def through_cell(x, *rest):
         values = dict(zip(names, rest[len(states):]))
-        out = torch.func.functional_call(cell, values, (x, _hx(kind, rest[: len(states)])))
+        out = torch.func.functional_call(cell, values, (x, as_hx(kind, rest[: len(states)])))
         return _outputs(out, kind, tuple(x.shape[:1]) + (3,), reference)
 
     inputs = (x, *states, *(p.detach().clone() for p in cell.parameters()))
@@ -528,7 +350,7 @@ def _gradcheck(cls, kind, nonlinearity, source, report):
     except NotACell:
         raise
     except Exception as e:
-        ok, why = False, f": {_where(e, source)}"
+        ok, why = False, f": {describe_error(e, source)}"
     else:
         why = ""
     if ok:
@@ -547,7 +369,7 @@ def _check_without_bias(cls, kind, nonlinearity, source, report):
     try:
         cell = cls(3, 5, bias=False)
     except Exception as e:
-        report.notes.append(f"{cls.__name__}(3, 5, bias=False) raised {_where(e).splitlines()[0]}; torch's "
+        report.notes.append(f"{cls.__name__}(3, 5, bias=False) raised {describe_error(e).splitlines()[0]}; torch's "
                             f"cells take bias=False (no bias_ih, bias_hh). Optional.")
         return
     if any(n in cell.state_dict() for n in ("bias_ih", "bias_hh")):
@@ -556,17 +378,17 @@ def _check_without_bias(cls, kind, nonlinearity, source, report):
         return
     if _compare_sizes(cls, kind, nonlinearity, source, report, SIZES[:2], bias=False, label=", bias=False"):
         report.checked.append(f"bias=False: equal to torch.nn.{reference}(..., bias=False) at "
-                              f"(input, hidden, batch) = {_sizes(SIZES[:2])}")
+                              f"(input, hidden, batch) = {sizes_text(SIZES[:2])}")
 
 
 def _note_conveniences(cls, kind, nonlinearity, source, report):
     """hx=None and unbatched input, which torch's cells accept; a note when the learner's do not."""
     reference = TORCH_CELLS[kind].__name__
-    cell, ref = _pair(cls, kind, nonlinearity, 3, 5, seed=11)
-    x, states = _inputs(kind, 3, 5, 4, seed=11)
+    cell, ref = pair(cls, kind, nonlinearity, 3, 5, seed=11)
+    x, states = random_inputs(kind, 3, 5, 4, seed=11)
     tries = {
         "hx=None": (lambda c: c(x, None), "torch's cells start from zeros when hx is None"),
-        "unbatched input": (lambda c: c(x[0], _hx(kind, tuple(s[0] for s in states))),
+        "unbatched input": (lambda c: c(x[0], as_hx(kind, tuple(s[0] for s in states))),
                             "torch's cells also take input (I,) with hx (H,)"),
     }
     for what, (call, torch_does) in tries.items():
@@ -579,7 +401,7 @@ def _note_conveniences(cls, kind, nonlinearity, source, report):
         except NotACell as e:
             problem = str(e).splitlines()[0]
         except Exception as e:
-            problem = f"raised {_where(e, source).splitlines()[0]}"
+            problem = f"raised {describe_error(e, source).splitlines()[0]}"
         if problem:
             report.notes.append(f"{what}: your cell {problem}; {torch_does}. Optional — the verdict "
                                 f"does not depend on it.")
@@ -587,40 +409,3 @@ def _note_conveniences(cls, kind, nonlinearity, source, report):
             report.checked.append(f"{what}: equal")
 
 
-# -- the command --------------------------------------------------------------------------------
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m cells.check",
-        description="Check a hand-written RNN, LSTM or GRU cell against torch.nn: equal, or which "
-                    "classic mistake it makes.",
-        epilog="exit status: 0 equal to torch.nn, 1 different (with a diagnosis), 2 not a cell "
-               "(file, class, parameter names or shapes, forward's result).")
-    parser.add_argument("cell", nargs="?", metavar="FILE.py:CLASS",
-                        help="your cell class; CLASS may be left out when the file defines only one")
-    parser.add_argument("--kind", choices=sorted(TORCH_CELLS),
-                        help="compare with this torch.nn cell (default: read from weight_ih's rows)")
-    parser.add_argument("--template", choices=sorted(TORCH_CELLS),
-                        help="print a skeleton cell to fill in, and exit")
-    return parser
-
-
-def main(argv=None):
-    """`python -m cells.check`; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.template:
-        from .templates import template
-
-        print(template(args.template), end="")
-        return EXIT_EQUAL
-    if not args.cell:
-        parser.error("give the cell to check as FILE.py:CLASS, or --template lstm|gru|rnn for a skeleton")
-    report = check_file(args.cell, args.kind)
-    print(report, file=sys.stderr if report.status == EXIT_NOT_A_CELL else sys.stdout)
-    return report.status
-
-
-if __name__ == "__main__":
-    sys.exit(main())
