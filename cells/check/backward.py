@@ -52,8 +52,8 @@ def check_backward(cls, kind, nonlinearity, report, backward_through_time=None):
     if _sequences_equal(cls, kind, nonlinearity, backward_through_time, report):
         report.part = "forward"
         report.checked.append("backward_through_time: the gradients of the inputs (every step), of the initial "
-                              "states and of every parameter, against autograd through torch.nn's cell unrolled "
-                              "over (input, hidden, batch, steps) = "
+                              f"states and of every parameter, against autograd through torch.nn."
+                              f"{TORCH_CELLS[kind].__name__} unrolled over (input, hidden, batch, steps) = "
                               + ", ".join("(" + ",".join(map(str, case)) + ")" for case in SEQUENCES))
 
 
@@ -110,6 +110,8 @@ def _learner_step(cell, kind, x, states, grad_out, source):
     shapes = f"input {tuple(x.shape)}, " + ("hx (h, c) and grad_out (dh', dc'), each " if kind == "lstm"
                                            else "hx and grad_out, each ") + str(tuple(states[0].shape))
     try:
+        with torch.no_grad():  # a step_backward that caches what its forward computed finds it
+            cell(x.clone(), as_hx(kind, tuple(s.clone() for s in states)))
         result = cell.step_backward(x.clone(), as_hx(kind, tuple(s.clone() for s in states)),
                                     as_hx(kind, tuple(g.clone() for g in grad_out)))
     except Exception as e:

@@ -11,16 +11,19 @@ learner wrote.
 A step variant's `change` is a dict of:
 
     sigma_prime    {gate: form} the derivative used for a σ gate: "tanh" (1 − s²), "missing" (1),
-                   "again" (σ(s)(1 − σ(s)), σ′ applied to the gate's value s instead of its input)
+                   "again" (σ(s)(1 − σ(s)), σ′ applied to the gate's value s instead of its input),
+                   "one_minus" (1 − s), "value" (s)
     tanh_prime     {gate: form} the same for a tanh: "sigma" (t(1 − t)), "missing", "again"
     order          the order in which the learner stacked the gates' gradients, e.g. "ifog"
     dW_hh_from_next    dW_hh = dzᵀ h' instead of dzᵀ h
     transposed     {"weight_ih", "weight_hh"} given as xᵀ dz / hᵀ dz, (in, out) instead of (out, in)
-    bias_reduce    "none" (db = dz, not summed over the batch) or "mean"
-    LSTM:  dc_no_f; c_tanh_prime (a form for tanh′(c')); no_h_path (dc' gets nothing through h');
+    bias_reduce    {bias name: "none" (db = dz, not summed over the batch), "mean" or "rows" (summed over
+                   the gate units instead)}
+    LSTM:  dc_no_f; dc_from_arriving (dc made from the dc' that arrived, not the whole gradient at c');
+           c_tanh_prime (a form for tanh′(c')); no_h_path (dc' gets nothing through h');
            old_c (tanh(c) of the old c in h's path); df_from_next_c (df = dc' ⊙ c')
     GRU:   direct ("1-z": h's direct gradient dh' ⊙ (1 − z)); dn ("z": dn = dh' ⊙ z);
-           dz_sign (dz = dh' ⊙ (n − h)); dr ("no_b_hn": W_hn h without b_hn, "h": h itself);
+           dz_sign (dz = dh' ⊙ (n − h)); dr ("no_b_hn": W_hn h without b_hn, "h": h itself, "nothing");
            dh_n_without_r
     RNN:   act_prime: "missing", "of_z" (1 − z² from the pre-activation), "of_h" (1 − h² from the old h)
 
@@ -34,11 +37,13 @@ from .mistakes import GATES, Mistake
 
 MATCH = {"atol": 1e-9, "rtol": 1e-9}
 SIGMA_PRIME = {"right": lambda s: s * (1 - s), "tanh": lambda s: 1 - s**2, "missing": lambda s: torch.ones_like(s),
-               "again": lambda s: torch.sigmoid(s) * (1 - torch.sigmoid(s))}
+               "again": lambda s: torch.sigmoid(s) * (1 - torch.sigmoid(s)), "one_minus": lambda s: 1 - s,
+               "value": lambda s: s}
 TANH_PRIME = {"right": lambda t: 1 - t**2, "sigma": lambda t: t * (1 - t), "missing": lambda t: torch.ones_like(t),
               "again": lambda t: 1 - torch.tanh(t) ** 2}
 SIGMA_WRONG = {"tanh": "1 − σ², tanh's derivative", "missing": "nothing (the derivative left out)",
-               "again": "σ(s)(1 − σ(s)) of the gate's value s, i.e. σ′ applied to σ's output"}
+               "again": "σ(s)(1 − σ(s)) of the gate's value s, i.e. σ′ applied to σ's output",
+               "one_minus": "(1 − s) alone, without the factor s", "value": "s alone, without the factor (1 − s)"}
 TANH_WRONG = {"sigma": "t(1 − t), σ's derivative", "missing": "nothing (the derivative left out)",
               "again": "1 − tanh²(t) of the value t = tanh(·), i.e. tanh′ applied to tanh's output"}
 
@@ -65,8 +70,9 @@ def _through_matmuls(kind, x, h, h_next, d_xproj, d_hproj, dh_direct, p, change)
     for name, d, a in (("weight_ih", d_xproj, x), ("weight_hh", d_hproj, h_used)):
         grads[f"grad {name}"] = a.T @ d if name in change.get("transposed", ()) else d.T @ a
     if p.get("bias_ih") is not None:
-        reduce = {"none": lambda d: d, "mean": lambda d: d.mean(0)}.get(change.get("bias_reduce"), lambda d: d.sum(0))
-        grads["grad bias_ih"], grads["grad bias_hh"] = reduce(d_xproj), reduce(d_hproj)
+        for name, d in (("bias_ih", d_xproj), ("bias_hh", d_hproj)):
+            how = change.get("bias_reduce", {}).get(name, "sum")
+            grads[f"grad {name}"] = {"sum": d.sum(0), "none": d, "mean": d.mean(0), "rows": d.sum(1)}[how]
     return grads
 
 
@@ -83,12 +89,14 @@ def lstm_backward_variant(x, states, grad_out, p, change, nonlinearity=None):
     i, f, g, o = torch.sigmoid(z_i), torch.sigmoid(z_f), torch.tanh(z_g), torch.sigmoid(z_o)
     c_next = f * c + i * g
     tanh_c = torch.tanh(c if change.get("old_c") else c_next)
+    dc_arriving = dc_next
     do = dh_next * tanh_c
     if not change.get("no_h_path"):
         dc_next = dc_next + dh_next * o * TANH_PRIME[change.get("c_tanh_prime", "right")](tanh_c)
     df = dc_next * (c_next if change.get("df_from_next_c") else c)
     di, dg = dc_next * g, dc_next * i
-    dc = dc_next if change.get("dc_no_f") else dc_next * f
+    dc_sent = dc_arriving if change.get("dc_from_arriving") else dc_next
+    dc = dc_sent if change.get("dc_no_f") else dc_sent * f
     d_z = torch.cat([di * _sigma_prime("i", change)(i), df * _sigma_prime("f", change)(f),
                      dg * _tanh_prime("g", change)(g), do * _sigma_prime("o", change)(o)], 1)
     h_next = o * torch.tanh(c_next)
@@ -111,7 +119,7 @@ def gru_backward_variant(x, states, grad_out, p, change, nonlinearity=None):
     dh_direct = dh_next * ((1 - z) if change.get("direct") == "1-z" else z)
     dx_n = dn * _tanh_prime("n", change)(n)
     b_hn = 0 if p.get("bias_hh") is None else p["bias_hh"][2 * H:]
-    reset_sees = {"no_b_hn": h_n - b_hn, "h": h}.get(change.get("dr"), h_n)
+    reset_sees = {"no_b_hn": h_n - b_hn, "h": h, "nothing": 1}.get(change.get("dr"), h_n)
     dr = dx_n * reset_sees
     dh_n = dx_n if change.get("dh_n_without_r") else dx_n * r
     dx_r, dx_z = dr * _sigma_prime("r", change)(r), dz * _sigma_prime("z", change)(z)
@@ -146,8 +154,10 @@ def _derivative_mistakes(kind):
     tanh_gate = {"lstm": "g", "gru": "n"}[kind]
     role = {"i": "i = σ(z_i)", "f": "f = σ(z_f)", "o": "o = σ(z_o)", "r": "r = σ(x_r + h_r)", "z": "z = σ(x_z + h_z)"}
     for form, said in SIGMA_WRONG.items():
-        for gates in [tuple(sigma_gates), *((g,) for g in sigma_gates)]:
-            which = "every σ gate (" + ", ".join(gates) + ")" if len(gates) > 1 else f"the gate {gates[0]}"
+        subsets = [gates for k in range(len(sigma_gates), 0, -1) for gates in itertools.combinations(sigma_gates, k)]
+        for gates in subsets:
+            which = (f"every σ gate ({', '.join(gates)})" if len(gates) == len(sigma_gates) else
+                     f"the gates {' and '.join(gates)}" if len(gates) > 1 else f"the gate {gates[0]}")
             yield Mistake("sigma_prime", (
                 f"σ′ is written wrong for {which}: you multiply by {said}. The derivative of a gate s = σ(a) "
                 f"with respect to a is s ⊙ (1 − s), from the gate's own value: e.g. for {role[gates[0]]}, "
@@ -187,14 +197,21 @@ def _matmul_mistakes(kind, has_bias):
             f"the gradient of {said} is transposed: you compute xᵀ {d_ih} (in, out); torch stores a weight as "
             f"(out, in), (G·H, I) for weight_ih, and its gradient has the same shape: dW_ih = {d_ih}ᵀ x, "
             f"dW_hh = {d}ᵀ h ({d_ih}.T @ x, {d}.T @ h)."), {"transposed": set(names)})
-    if has_bias:
+    if not has_bias:
+        return
+    both = ("bias_ih", "bias_hh")
+    for names in (both, ("bias_ih",), ("bias_hh",)):
+        said = "the bias gradients are" if len(names) == 2 else f"the gradient of {names[0]} is"
         yield Mistake("bias_not_summed", (
-            f"the bias gradients are not summed over the batch: you return {d_ih} itself, (B, G·H); every row "
-            f"of the batch used the same bias, so its gradient is the sum over the rows, db = {d_ih}.sum(0), "
-            f"(G·H,)."), {"bias_reduce": "none"})
-        yield Mistake("bias_mean", (
-            f"the bias gradients are averaged over the batch ({d_ih}.mean(0)); the loss adds the rows' "
-            f"contributions, so db = {d_ih}.sum(0)."), {"bias_reduce": "mean"})
+            f"{said} not summed over the batch: you return the rows' gradients, (B, G·H); every row of the "
+            f"batch used the same bias, so its gradient is the sum over the rows, db = {d_ih}.sum(0), (G·H,)."),
+            {"bias_reduce": dict.fromkeys(names, "none")})
+    yield Mistake("bias_not_summed", (
+        f"the bias gradients are summed over the wrong axis ({d_ih}.sum(1), one number per row of the batch); "
+        f"db = {d_ih}.sum(0) sums over the batch, one number per gate unit."), {"bias_reduce": dict.fromkeys(both, "rows")})
+    yield Mistake("bias_mean", (
+        f"the bias gradients are averaged over the batch ({d_ih}.mean(0)); the loss adds the rows' "
+        f"contributions, so db = {d_ih}.sum(0)."), {"bias_reduce": dict.fromkeys(both, "mean")})
 
 
 def _lstm_step_mistakes():
@@ -202,6 +219,14 @@ def _lstm_step_mistakes():
         "the gradient sent back to c is missing ⊙ f (the forget gate): c' = f ⊙ c + i ⊙ g, so "
         "dc = dc' ⊙ f, not dc'. Without it the cell state's gradient never fades or grows as f says."),
         {"dc_no_f": True})
+    yield Mistake("dc_from_arriving", (
+        "the gradient sent back to c is made from the dc' that arrived, without what reached c' through h': "
+        "dc = (dc' + dh' ⊙ o ⊙ (1 − tanh²(c'))) ⊙ f, the whole gradient at c' times the forget gate."),
+        {"dc_from_arriving": True})
+    yield Mistake("dc_missing_forget_gate", (
+        "the gradient sent back to c is just the dc' that arrived: it needs what reached c' through h' too, "
+        "and ⊙ f (the forget gate): dc = (dc' + dh' ⊙ o ⊙ (1 − tanh²(c'))) ⊙ f."),
+        {"dc_from_arriving": True, "dc_no_f": True})
     for form, said in TANH_WRONG.items():
         yield Mistake("tanh_prime_c_missing" if form == "missing" else "tanh_prime_c", (
             f"h's path into c' has tanh′(c') wrong: you multiply by {said}. h' = o ⊙ tanh(c'), so c' gets "
@@ -237,6 +262,9 @@ def _gru_step_mistakes():
         "the reset gate's gradient is taken from h: in torch's GRU r multiplies W_hn h + b_hn (after the "
         "matmul), so dr = dx_n ⊙ (W_hn h + b_hn); dx_n ⊙ h would be right only for a reset before it."),
         {"dr": "h"})
+    yield Mistake("reset_gradient_without_h_n", (
+        "the reset gate's gradient lacks ⊙ (W_hn h + b_hn): n = tanh(x_n + r ⊙ h_n), so dr = dx_n ⊙ h_n, with "
+        "h_n = W_hn h + b_hn as the forward computed it."), {"dr": "nothing"})
     yield Mistake("dh_n_without_r", (
         "the gradient of W_hn h + b_hn is missing ⊙ r: n = tanh(x_n + r ⊙ h_n), so dh_n = dx_n ⊙ r (which "
         "is also what b_hn gets, and why it differs from b_in's dx_n)."), {"dh_n_without_r": True})
@@ -286,13 +314,18 @@ LOOP_MISTAKES = [
     Mistake("no_carry", (
         "the gradient from the next step is not carried back: each step's backward gets only its output's "
         "gradient (grad_outputs[t]). h_t also feeds step t+1, so the gradient at h_t is grad_outputs[t] "
-        "plus what step t+1's backward returned for its h (and c)."), {"loop": "no_carry"}),
+        "plus what step t+1's backward returned for its h (and c)."), {"loop": "no_carry", "initial_states_unchecked": True}),
+    Mistake("no_carry", (
+        "the gradient from the next step is not carried back: each step's backward gets its output's gradient "
+        "plus grad_last, the same at every step. Only the last step gets grad_last; every step gets what "
+        "step t+1's backward returned for its h (and c), plus grad_outputs[t]."),
+        {"loop": "grad_last_everywhere", "initial_states_unchecked": True}),
     Mistake("no_carry_h", (
         "h's gradient from the next step is not carried back (c's is): the gradient at h_t is "
-        "grad_outputs[t] plus the dh that step t+1's backward returned."), {"loop": "no_carry_h"}),
+        "grad_outputs[t] plus the dh that step t+1's backward returned."), {"loop": "no_carry_h", "initial_states_unchecked": True}),
     Mistake("no_carry_c", (
         "c's gradient from the next step is not carried back (h's is): step t's backward must get, as "
-        "dc', the dc that step t+1's backward returned (grad_last's c at the last step)."), {"loop": "no_carry_c"}),
+        "dc', the dc that step t+1's backward returned (grad_last's c at the last step)."), {"loop": "no_carry_c", "initial_states_unchecked": True}),
     Mistake("no_output_gradient", (
         "the output's gradient at each step is not added: the gradient at h_t is grad_outputs[t] plus "
         "what step t+1 sent back; you pass on only the latter."), {"loop": "no_output"}),
@@ -330,7 +363,12 @@ def find_loop_mistakes(kind, bptt_result, cell, inputs, hx, grad_outputs, grad_l
         if mistake.change["loop"] in LSTM_ONLY and kind != "lstm":
             continue
         grad_inputs, grad_hx, grads = loop_variant(cell, inputs, hx, grad_outputs, grad_last, mistake.change)
-        if _matches(named_bptt_result(grad_inputs, grad_hx, grads), bptt_result):
+        expected, got = named_bptt_result(grad_inputs, grad_hx, grads), bptt_result
+        if mistake.change.get("initial_states_unchecked"):
+            # A loop that drops what is carried back returns, as the initial states' gradient, whatever
+            # its own variable last held (step 0's, grad_last, zeros): the signature is in the rest.
+            expected, got = ({k: v for k, v in named.items() if k not in ("grad h", "grad c")} for named in (expected, got))
+        if _matches(expected, got):
             found.append(mistake)
     return found
 
@@ -366,6 +404,8 @@ def loop_variant(cell, inputs, hx, grad_outputs, grad_last, change):
     grad_inputs, per_step = torch.zeros_like(inputs), {}
     grad_state = _zero(_zero(grad_last, 0, multiple), 1, multiple) if loop == "no_grad_last" else grad_last
     for t in (range(T) if loop == "forwards" else reversed(range(T))):
+        if loop == "grad_last_everywhere":
+            grad_state = grad_last
         if t != T - 1 and loop in ("no_carry", "no_carry_h"):
             grad_state = _zero(grad_state, 0, multiple)
         if t != T - 1 and loop in ("no_carry", "no_carry_c"):
