@@ -5,6 +5,7 @@ the outputs of a training run)."""
 import pathlib
 
 import pytest
+import torch
 
 LEARNER_CELLS = pathlib.Path(__file__).parent / "learner_cells"
 
@@ -22,3 +23,12 @@ def plant(tmp_path):
         path.write_text(source)
         return path
     return write
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (tiny tensors; the CI box is shared), as it was after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

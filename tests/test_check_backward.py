@@ -25,12 +25,7 @@ def flat(text):
     return " ".join(text.split())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors; the CI box is shared
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("spec", ["lstm_backward.py", "gru_backward.py", "rnn_backward.py"])
@@ -101,6 +96,14 @@ STEP_MISTAKES = {
                                         ["reset_gradient_without_b_hn"], ["leaves out b_hn"]),
     "gru reset gradient from h": ("gru_backward.py", "dr = dn_pre * hn", "dr = dn_pre * h",
                                   ["reset_gradient_from_h"], ["taken from h"]),
+    "gru reset gradient without W_hn h + b_hn": ("gru_backward.py", "dr = dn_pre * hn", "dr = dn_pre",
+                                                 ["reset_gradient_without_h_n"], ["lacks ⊙ (W_hn h + b_hn)"]),
+    "lstm dc from the dc' that arrived": ("lstm_backward.py", "dprev_c = dcell * f", "dprev_c = dnext_c * f",
+                                          ["dc_from_arriving"], ["made from the dc' that arrived"]),
+    "lstm bias gradients averaged": ("lstm_backward.py",
+                                     'grads["bias_ih"] = torch.sum(da, dim=0)\n            grads["bias_hh"] = torch.sum(da, dim=0)',
+                                     'grads["bias_ih"] = da.mean(0)\n            grads["bias_hh"] = da.mean(0)',
+                                     ["bias_mean"], ["averaged over the batch"]),
     "gru dh_n without r": ("gru_backward.py", "dhn = dn_pre * r", "dhn = dn_pre", ["dh_n_without_r"], ["missing ⊙ r"]),
     "gru σ′ missing on z": ("gru_backward.py", "dz_pre = dz * z * (1 - z)", "dz_pre = dz", ["sigma_prime"], ["the gate z"]),
     "gru dW_ih transposed": ("gru_backward.py", "weight_ih=dgi.T @ x", "weight_ih=x.T @ dgi",

@@ -119,10 +119,16 @@ def _learner_step(cell, kind, x, states, grad_out, source):
     expected = ("(grad_input, grad_hx, grads): grad_input (B, I), grad_hx shaped like hx"
                 + (" — a tuple (dh, dc) —" if kind == "lstm" else " — dh (B, H) —")
                 + " and grads a dict from parameter name to its gradient")
+    return _named(result, "step_backward", "input", cell, kind, expected)
+
+
+def _named(result, function, first, cell, kind, expected):
+    """What `function` returned, (grad_<first>, grad_hx, grads), by the check's names, after checking
+    its structure: a NotACell saying what was `expected` otherwise."""
     if not (isinstance(result, (tuple, list)) and len(result) == 3):
-        raise NotACell(f"step_backward returned {_what(result)}; expected {expected}")
-    grad_input, grad_hx, grads = result
-    named = {"grad input": _tensor("grad_input", grad_input, expected)}
+        raise NotACell(f"{function} returned {_what(result)}; expected {expected}")
+    grad_first, grad_hx, grads = result
+    named = {f"grad {first}": _tensor(f"grad_{first}", grad_first, expected)}
     named.update(_states("grad_hx", grad_hx, kind, expected))
     named.update(_parameters(cell, grads, "grads"))
     return named
@@ -263,10 +269,4 @@ def _learner_sequence(backward_through_time, cell, kind, inputs, states, grad_ou
                        f"{tuple(grad_outputs.shape)}, grad_last) raised {describe_error(e, source)}") from None
     expected = ("(grad_inputs, grad_hx, grads): grad_inputs (T, B, I), grad_hx shaped like hx, grads a dict "
                 "from parameter name to its gradient summed over the steps")
-    if not (isinstance(result, (tuple, list)) and len(result) == 3):
-        raise NotACell(f"backward_through_time returned {_what(result)}; expected {expected}")
-    grad_inputs, grad_hx, grads = result
-    named = {"grad inputs": _tensor("grad_inputs", grad_inputs, expected)}
-    named.update(_states("grad_hx", grad_hx, kind, expected))
-    named.update(_parameters(cell, grads, "grads"))
-    return named
+    return _named(result, "backward_through_time", "inputs", cell, kind, expected)

@@ -43,31 +43,23 @@ def _import_file(path):
     A file inside a package (cells/lstm.py, with its relative imports) is imported as that package's
     module instead, from the folder above the package."""
     package_module, root = _package_module(path)
-    if package_module:
-        sys.path.insert(0, root)
-        try:
-            return importlib.import_module(package_module)
-        except BaseException as e:  # noqa: B036 - a SystemExit or KeyboardInterrupt from the file too
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            raise NotACell(f"importing {path} (as {package_module}) raised {describe_error(e, path)}") from None
-        finally:
-            sys.path.remove(root)
-    folder = str(path.resolve().parent)
-    module_name = f"_learner_cell_{path.stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
+    folder = root or str(path.resolve().parent)
     sys.path.insert(0, folder)
-    sys.modules[module_name] = module  # dataclasses and pickling look their module up there
     try:
+        if package_module:
+            return importlib.import_module(package_module)
+        module_name = f"_learner_cell_{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses and pickling look their module up there
         spec.loader.exec_module(module)
+        return module
     except BaseException as e:  # noqa: B036 - a SystemExit or KeyboardInterrupt from the file too
         if isinstance(e, KeyboardInterrupt):
             raise
         raise NotACell(f"importing {path} raised {describe_error(e, path)}") from None
     finally:
         sys.path.remove(folder)
-    return module
 
 
 def _package_module(path):
