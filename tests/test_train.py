@@ -383,8 +383,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(mnist_dir, tmp
     def poisoned(*args, **kwargs):
         loss = real(*args, **kwargs)
         calls["n"] += 1
-        # calls 1-4: epoch 1's steps, 5: its evaluation, 6: the first step of epoch 2
-        return loss * float("nan") if calls["n"] == 6 else loss
+        # call 1: the gradient flow before training; 2-5: epoch 1's steps, 6: its evaluation, 7: the
+        # first step of epoch 2
+        return loss * float("nan") if calls["n"] == 7 else loss
 
     monkeypatch.setattr(loop.F, "cross_entropy", poisoned)
     assert cli.main(small_mnist(mnist_dir, out, "--epochs", "3")) == 1

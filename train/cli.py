@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train our hand-written RNN/LSTM/GRU (or torch.nn's) on MNIST read as sequences, "
                     "or on sine → cosine regression.",
     )
-    tasks = parser.add_subparsers(dest="task", required=True, metavar="{mnist,sine}")
+    tasks = parser.add_subparsers(dest="task", required=True, metavar="{mnist,sine,evaluate,export}")
     mnist = tasks.add_parser("mnist", help="classify MNIST digits read as sequences",
                              description="Classify MNIST digits read row by row or pixel by pixel.")
     _common_options(mnist, "mnist")
@@ -156,6 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="truncated BPTT: train on chunks of this many steps, carrying the state (detached)")
     g.add_argument("--burn-in", type=_non_negative_int,
                    help="leading steps left out of the loss and test MSE (the phase is unknowable at t=0)")
+    evaluate = tasks.add_parser("evaluate", help="score trained weights on MNIST's test set",
+                                description="Score a shipped weights file (train/pretrained/) or a run's checkpoint "
+                                            "on MNIST's test set.")
+    evaluate.add_argument("path", metavar="PATH", help="a file in train/pretrained/, a run's checkpoint.pt or its folder")
+    evaluate.add_argument("--impl", choices=("ours", "fused", "readable", "torch"),
+                          help="our layers (ours, the default; fused or readable forced) or torch.nn's (torch)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
+    evaluate.add_argument("--data-dir", help="folder holding MNIST/raw/ (default as for training)")
+    evaluate.add_argument("--test-limit", type=_positive_int, metavar="N", help="score only the first N test images")
+    evaluate.add_argument("--device", choices=cfg.DEVICES, default="cpu")
+    evaluate.add_argument("--threads", type=_positive_int, help="torch's threads (default: torch's own choice)")
+    export = tasks.add_parser("export", help="write a finished run's weights as a shipped file",
+                              description="Write a finished run's weights, configuration and metrics as one file "
+                                          "that `python -m train evaluate` and torch.load(weights_only=True) read.")
+    export.add_argument("run", metavar="RUN", help="the run's --out folder (checkpoint.pt and metrics.json)")
+    export.add_argument("path", metavar="PATH", help="the file to write, e.g. train/pretrained/mnist-pixels-gru.pt")
     return parser
 
 
@@ -206,6 +222,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     task = args.task
+    if task in ("evaluate", "export"):
+        return _trained(args)
     given = {k: v for k, v in vars(args).items() if k not in ("task", "resume", "stop_after_steps")}
 
     if args.cell_class:
@@ -239,6 +257,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Interrupted as e:
         _say(f"interrupted: {e}")
         return 130
+    return 0
+
+
+def _trained(args: argparse.Namespace) -> int:
+    """`python -m train evaluate PATH` and `python -m train export RUN PATH`."""
+    import json
+
+    from .data import DataError
+    from .trained import evaluate_trained, export
+
+    try:
+        if args.task == "export":
+            written = export(pathlib.Path(args.run), pathlib.Path(args.path))
+            _say(f"wrote {args.path}: {written['task']} {written['cell']}, test accuracy {written['test_accuracy']:.2%}")
+            return 0
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        result = evaluate_trained(args.path, args.impl, args.data_dir, args.test_limit, args.device)
+    except (FileNotFoundError, ValueError, DataError) as e:
+        _say(f"error: {e}")
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"test accuracy {result['test_accuracy']:.2%} on {result['images']} images — {result['task']} "
+              f"{result['layers']}×{result['hidden']} {result['cell']} ({result['impl']}), {result['seconds']:.1f} s")
     return 0
 
 

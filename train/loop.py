@@ -12,7 +12,8 @@ checkpoints, metrics.json and plots.
       │    │                   whether to stop), _optimizer_step (lr, backward, clip, step)
       │    ├─ evaluate         the test set, split across ranks, summed
       │    └─ _save_checkpoint
-      └─ _finish           metrics.json, plots and the final line (rank 0)
+      └─ _finish           metrics.json (with the gradient flow before and after training,
+                           gradient_flow.py), plots and the final line (rank 0)
 
 Stopping early is always clean: Ctrl-C (or SIGTERM) finishes the step in flight, saves a checkpoint
 and exits; a loss or gradient that is not finite stops before it reaches the weights and leaves the
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, gradient_flow
 from .config import Config
 from .data import DataError, default_data_dir, load_mnist, mnist_sequences, shift_images, shift_table, shuffled_batches, sine_cosine
 from .distributed import Dist
@@ -378,6 +379,8 @@ class StepReport:
 def _run(config, dist: Dist, resume, stop_after_steps, command, log, wall_start) -> dict[str, Any]:
     session = _set_up(config, dist, log, wall_start)
     progress = _resume(session) if resume else Progress()
+    if not resume and dist.is_main:  # before the first step; a resumed run has it in its history
+        progress.history["gradient_flow_start"] = gradient_flow.measure(unwrap(session.model), session.data, config)
     if dist.is_main:
         session.out.mkdir(parents=True, exist_ok=True)
     session.model.train()
@@ -587,6 +590,7 @@ def _finish(session: Session, progress: Progress, last_eval: dict, train_seconds
         "logged_steps": history["logged_steps"],
         "logged_loss": history["logged_loss"],
         "train_loss_per_epoch": [e["train_loss"] for e in history["epochs"]],
+        "gradient_flow": _gradient_flow(session, history),
         "global_steps": progress.global_step,
         "parameters": sum(p.numel() for p in model.parameters()),
         "data_seconds": session.data_seconds,
@@ -614,6 +618,22 @@ def _finish(session: Session, progress: Progress, last_eval: dict, train_seconds
         write_json(metrics, session.out / "metrics.json")
         session.log(_final_line(config, metrics, session.out))
     return metrics
+
+
+def _gradient_flow(session: Session, history: dict) -> Optional[dict[str, Any]]:
+    """‖∂L/∂h_t‖ for every step t, before the first training step and after the last (rank 0)."""
+    config = session.config
+    why_not = gradient_flow.measurable(config)
+    if why_not is not None or not session.dist.is_main:
+        return None if why_not is None else {"measured": False, "why": why_not}
+    return {
+        "measured": True,
+        "what": "batch mean of the L2 norm of dL/dh_t over the top layer's units, t = 1..T, L the mean "
+                "cross-entropy on the first training images",
+        "images": min(gradient_flow.BATCH, len(session.data.x_train)),
+        "start": history.get("gradient_flow_start"),
+        "end": gradient_flow.measure(unwrap(session.model), session.data, config),
+    }
 
 
 def parameter_digest(model: torch.nn.Module) -> str:

@@ -4,6 +4,7 @@
     predictions.png   sine: the predicted against the true cosine on held-out sequences
     gates.png         mnist: the gate activations over time while the trained model reads one test
                       digit: LSTM i, f, o and the cell state c; GRU r and z; RNN h
+    gradient_flow.png mnist: ‖∂L/∂h_t‖ over the steps t, before training and after (log scale)
 
 Without matplotlib the plots are skipped with one line saying so; training never depends on them.
 """
@@ -53,7 +54,34 @@ def make_plots(metrics: dict[str, Any], model, data, config: Config, out: pathli
             log("gates.png skipped: our layers (models) with gate_trace are not available")
         else:
             written.append(path)
+        flow = metrics.get("gradient_flow") or {}
+        if flow.get("measured"):
+            written.append(plot_gradient_flow(plt, {config.cell: flow}, out / "gradient_flow.png",
+                                              f"{config.task} {config.order}: {config.layers}×{config.hidden} "
+                                              f"{config.cell.upper()}"))
     return written
+
+
+def plot_gradient_flow(plt, flows: dict[str, dict[str, Any]], path: pathlib.Path, title: str) -> pathlib.Path:
+    """‖∂L/∂h_t‖ over t for each run in `flows` ({label: metrics.json's "gradient_flow"}), side by side,
+    before training (dashed) and after (solid), on a log scale."""
+    fig, axes = plt.subplots(1, len(flows), figsize=(4.2 * len(flows) + 1, 3.6), squeeze=False, sharey=True)
+    for ax, (label, flow) in zip(axes[0], flows.items()):
+        for key, style, when in (("start", "--", "before training"), ("end", "-", "after training")):
+            values = flow.get(key)
+            if values:
+                steps = range(1, len(values) + 1)
+                ax.plot(steps, [max(v, 1e-30) for v in values], style, lw=1.2, label=when)
+        ax.set_yscale("log")
+        ax.set_xlabel("time step t")
+        ax.set_title(label)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("‖∂L/∂h_t‖ (batch mean)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_curves(plt, metrics, config: Config, path: pathlib.Path) -> pathlib.Path:
