@@ -91,3 +91,17 @@ def test_shipped_weights_score_what_they_record_on_the_real_test_set(path):
         assert result["images"] == 10_000
         # Summation order differs between kernels and thread counts: a borderline digit may flip.
         assert abs(result["test_accuracy"] - recorded) <= 2e-4, (impl, result["test_accuracy"], recorded)
+
+
+def test_sequential_mnist_presets_give_every_cell_one_budget():
+    from train.config import PRESETS, resolve
+
+    names = [f"{order}-{cell}" for order in ("pixels", "permuted") for cell in ("lstm", "gru", "irnn", "rnn")]
+    assert all(name in PRESETS for name in names)
+    configs = {name: resolve("mnist", {"preset": name}) for name in names}
+    budgets = {(c.hidden, c.layers, c.batch_size, c.epochs, c.optimizer, c.schedule, c.clip, c.shift)
+               for c in configs.values()}
+    assert budgets == {(128, 1, 128, 20, "adam", "onecycle", 1.0, 0)}
+    assert configs["pixels-irnn"].nonlinearity == "relu" and configs["pixels-irnn"].init_hh == "identity"
+    assert configs["permuted-rnn"].nonlinearity == "tanh" and configs["permuted-rnn"].order == "permuted"
+    assert configs["pixels-lstm"].forget_bias == 1.0 and configs["pixels-gru"].forget_bias is None

@@ -156,11 +156,33 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+# Sequential MNIST: the 784 pixels one at a time (Le, Jaitly & Hinton 2015), in order or in one fixed
+# random order ("permuted"), the standard long-sequence tests of a recurrent cell. One 128-unit layer
+# read from its last step, Adam with a one-cycle schedule, clipping at 1, batch 128, no augmentation
+# (a shifted digit is a different pixel sequence, not the same one moved). The same budget for every
+# cell, so the plain tanh RNN's failure to learn across 784 steps shows as it is.
+_SEQUENTIAL = dict(task="mnist", hidden=128, layers=1, head="last", optimizer="adam", schedule="onecycle",
+                   clip=1.0, shift=0, batch_size=128, epochs=20)
+_SEQUENTIAL_CELLS = {
+    # The forget gate starts open (b_f = 1) so the cell state carries from the first step.
+    "lstm": dict(cell="lstm", lr=2e-3, forget_bias=1.0),
+    "gru": dict(cell="gru", lr=2e-3),
+    # The IRNN: relu units, W_hh starting at the identity; unstable at the gated cells' rate.
+    "irnn": dict(cell="rnn", nonlinearity="relu", init_hh="identity", lr=2e-4),
+    "rnn": dict(cell="rnn", nonlinearity="tanh", init_hh="torch", lr=2e-3),
+}
+for _order in ("pixels", "permuted"):
+    for _name, _cell in _SEQUENTIAL_CELLS.items():
+        PRESETS[f"{_order}-{_name}"] = dict(_SEQUENTIAL, order=_order, **_cell)
+
 PRESET_HELP = {
     "lstm64": "1×64 LSTM, last step, Adam 1e-3, batch 64, 5 epochs",
     "lstm128x2": "2×128 LSTM, Adam 0.01, batch 100, 2 epochs",
     "lstm256x2-all": "2×256 LSTM, all-steps head, Adam 0.005, batch 64, 3 epochs",
     "sine-tbptt": "1×20 LSTM, state carried across 20-step chunks and detached (TBPTT)",
+    **{f"{order}-{name}": f"sequential MNIST{' (permuted)' if order == 'permuted' else ''}: 784 steps of one "
+                          f"pixel, 1×128 {name.upper()}, Adam {cell['lr']:g}, batch 128, 20 epochs"
+       for order in ("pixels", "permuted") for name, cell in _SEQUENTIAL_CELLS.items()},
 }
 
 
