@@ -37,6 +37,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def vector_width() -> str:
+    """The widest x86 vector extension the CPU reports ("AVX-512", "AVX2", "SSE"), or the machine's name."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("sse2", "SSE")):
+        if flag in flags:
+            return name
+    return platform.machine() or "unknown vectors"
+
+
 def machine_info(device: torch.device, threads: int, dtype: str, min_run_time: float, rounds: int, runs: int,
                  command: str, checked: bool) -> Dict[str, object]:
     """Everything the report's header says about where and how the numbers were taken."""
@@ -46,7 +59,8 @@ def machine_info(device: torch.device, threads: int, dtype: str, min_run_time: f
                   f"cuDNN RNNs in IEEE float32 (no TF32) for the check and the timing")
     else:
         name = cpu_name()
-        detail = f"{name}, {os.cpu_count()} logical CPUs, {threads} torch thread{'s' * (threads != 1)}"
+        detail = (f"{name}, {os.cpu_count()} logical CPUs, {vector_width()}, "
+                  f"{threads} torch thread{'s' * (threads != 1)}")
     return {"device": device.type, "device_name": name, "detail": detail, "torch": torch.__version__,
             "python": platform.python_version(), "dtype": dtype, "threads": threads,
             "min_run_time": min_run_time, "rounds": rounds, "runs": runs, "command": command, "checked": checked,

@@ -1,0 +1,171 @@
+"""The results tables of README.md and docs/, generated from the results files they report.
+
+    python -m benchmarks.tables            # rewrite every generated table in place
+    python -m benchmarks.tables --check    # exit 1, naming the table, if one differs from its file
+
+A generated table sits between `<!-- table: NAME -->` and `<!-- /table -->` in a page; NAME is one of
+TABLES. Each block says which file and which command produced its numbers and on which CPU, so a
+table cannot go stale without tests/test_docs.py noticing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import re
+import statistics
+import sys
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PRETRAINED = ROOT / "train" / "pretrained"
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+SHAPES = {(64, 28, 28, 128): "MNIST rows (64, 28, 28, 128)", (64, 784, 1, 128): "pixel MNIST (64, 784, 1, 128)",
+          (64, 100, 512, 512): "fastrnns default (64, 100, 512, 512)", (1, 100, 512, 512): "batch 1 (1, 100, 512, 512)"}
+CELLS = ("rnn", "lstm", "gru")
+
+
+def documents() -> list[pathlib.Path]:
+    """The pages whose tables are generated: README.md and every page in docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+# -- speed: benchmarks/results/cpu*.json and the header of the report written beside it ----------
+
+
+def _benchmark(name: str) -> tuple[dict, dict]:
+    """The ratios of benchmarks/results/NAME.json by (cell, shape), and its report's header lines."""
+    rows = json.loads((RESULTS / f"{name}.json").read_text())
+    ratios = {(r["cell"], (r["batch"], r["seq_len"], r["input_size"], r["hidden_size"])): r
+              for r in rows if r["impl"] == "ours"}
+    header = {}
+    for line in (RESULTS / f"{name}.md").read_text().splitlines():
+        match = re.match(r"- (device|command|date): (.*)", line)
+        if match:
+            header[match[1]] = match[2]
+    return ratios, header
+
+
+def _source(name: str, header: dict, runs: int) -> str:
+    return (f"Ratio = our time / torch.nn's in the same run (below 1 is faster), median of {runs} runs; "
+            f"{header['device']}; {header['date']}; "
+            f"[benchmarks/results/{name}.md]({{root}}benchmarks/results/{name}.md), from {header['command']}.")
+
+
+def speed(name: str, spread: bool) -> str:
+    """Forward / train ratios, a row per default shape and a column per cell."""
+    ratios, header = _benchmark(name)
+    lines = ["| forward / train | RNN | LSTM | GRU |", "| --- | --- | --- | --- |"]
+    for shape, label in SHAPES.items():
+        entries = []
+        for cell in CELLS:
+            r = ratios[(cell, shape)]
+            entries.append(" / ".join(_ratio(r, p, spread) for p in ("forward", "train")))
+        lines.append(f"| {label} | " + " | ".join(entries) + " |")
+    runs = next(iter(ratios.values()))["runs"]
+    return "\n".join(lines) + "\n\n" + _source(name, header, runs) + "\n"
+
+
+def _ratio(row: dict, part: str, spread: bool) -> str:
+    text = f"{row[f'{part}_ratio']:.2f}"
+    low, high = row.get(f"{part}_ratio_min"), row.get(f"{part}_ratio_max")
+    return f"{text} ({low:.2f}–{high:.2f})" if spread and low is not None and low != high else text
+
+
+# -- training: benchmarks/results/train_defaults.json and train/pretrained/ ------------------------
+
+
+def training_defaults() -> str:
+    """The bare commands' results: mean (min–max) over seeds, ours and torch.nn, and wall times."""
+    data = json.loads((RESULTS / "train_defaults.json").read_text())
+    groups: dict = {}
+    for run in data["runs"]:
+        groups.setdefault((run["task"], run["cell"]), {}).setdefault(run["impl"], []).append(run)
+    lines = ["| task | cell | ours | wall time | torch.nn | wall time | command |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (task, cell), by_impl in groups.items():
+        seed_1 = next(r["command"] for r in by_impl["ours"] if r["seed"] == 1)
+        command = re.sub(r" --seed \d+", "", seed_1)  # the bare command
+        entries = [entry for impl in ("ours", "torch") for entry in _training_entry(by_impl[impl])]
+        lines.append(f"| {task} | {cell.upper() if task == 'mnist' else 'LSTM'} | " + " | ".join(entries)
+                     + f" | `{command}` |")
+    return ("\n".join(lines) + "\n\nMean (min–max) over seeds 0, 1, 2; wall time: the whole command, mean over "
+            "the runs with nothing else of ours beside them. " + data["machine"] + "; " + data["how"] + ". Every "
+            "run: [benchmarks/results/train_defaults.md]({root}benchmarks/results/train_defaults.md).\n")
+
+
+def _training_entry(runs: list) -> list[str]:
+    """"99.27 % (99.26–99.29)" or "MSE 4.4e-05 (2.9e-05–6.3e-05)", and the mean wall time."""
+    if "test_accuracy" in runs[0]:
+        values, fmt, unit = [100 * r["test_accuracy"] for r in runs], "{:.2f}", ("", " %")
+    else:
+        values, fmt, unit = [r["test_mse"] for r in runs], "{:.1e}", ("MSE ", "")
+    walls = [r["wall_seconds"] for r in runs if r["wall_time_counts"]]
+    mean, low, high = (fmt.format(v) for v in (statistics.mean(values), min(values), max(values)))
+    return [f"{unit[0]}{mean}{unit[1]} ({low}–{high})", f"{statistics.mean(walls):.0f} s"]
+
+
+def training_sequential() -> str:
+    """The shipped sequential-MNIST weights (train/pretrained/*.pt): what each records of its run."""
+    lines = ["| task | cell | recipe | test accuracy | epochs | training time | command |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    shipped = sorted(PRETRAINED.glob("*.pt"))
+    for path in shipped:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        metrics = json.loads(state["metrics"])
+        config = state["config"]
+        lines.append(f"| {state['task']} | {state['cell'].upper()} | {config['layers']}×{config['hidden']}, "
+                     f"{config['optimizer']} {config['lr']:g} {config['schedule']}, batch {config['batch_size']} | "
+                     f"{100 * state['test_accuracy']:.2f} % | {len(metrics['epochs'])} | "
+                     f"{metrics['train_seconds'] / 3600:.1f} h | `{state['recipe']}` |")
+    if not shipped:
+        return "No sequential-MNIST weights are shipped yet.\n"
+    return ("\n".join(lines) + "\n\nEach file in [train/pretrained/]({root}train/pretrained) holds the weights, the "
+            "configuration and the run's metrics.json; `python -m train evaluate FILE` scores it again.\n")
+
+
+TABLES = {
+    "speed": lambda: speed("cpu", spread=False),
+    "speed-2-threads": lambda: speed("cpu", spread=True),
+    "speed-1-thread": lambda: speed("cpu_1thread", spread=True),
+    "training": training_defaults,
+    "training-sequential": training_sequential,
+}
+
+
+def render(text: str, root: str) -> str:
+    """`text` with every generated table made anew; `root` is the way from the page to the repository's
+    top ("" for README.md, "../" for docs/)."""
+    def fill(match):
+        name = match["name"]
+        if name not in TABLES:
+            raise KeyError(f"unknown generated table {name!r}; known: {', '.join(TABLES)}")
+        return match[1] + TABLES[name]().replace("{root}", root) + match[4]
+    return BLOCK.sub(fill, text)
+
+
+def root_of(page: pathlib.Path) -> str:
+    return "../" * (len(page.resolve().relative_to(ROOT).parts) - 1)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tables", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only say which tables differ from their files")
+    args = parser.parse_args(argv)
+    stale = []
+    for page in documents():
+        text = page.read_text()
+        fresh = render(text, root_of(page))
+        if fresh != text:
+            stale.append(page.relative_to(ROOT))
+            if not args.check:
+                page.write_text(fresh)
+    verb = "differ from their results files" if args.check else "rewritten"
+    print(f"{', '.join(map(str, stale))}: {verb}" if stale else "every generated table is up to date")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
