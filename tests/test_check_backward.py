@@ -85,6 +85,10 @@ STEP_MISTAKES = {
     "lstm bias gradient not summed": ("lstm_backward.py", 'grads["bias_hh"] = torch.sum(da, dim=0)',
                                       'grads["bias_hh"] = da', ["bias_not_summed"],
                                       ["gradient of bias_hh is not summed over the batch", "grad bias_hh has shape (4, 20)"]),
+    "lstm tanh′(c') without the square": ("lstm_backward.py", LSTM_DCELL, "dcell = dnext_c + dnext_h * o * (1 - tc)",
+                                          ["tanh_prime_c"], ["1 − t, without the square"]),
+    "lstm tanh(c') instead of tanh′(c')": ("lstm_backward.py", LSTM_DCELL, "dcell = dnext_c + dnext_h * o * tc",
+                                           ["tanh_prime_c"], ["tanh(·) itself instead of its derivative"]),
     "lstm no path from h' to c'": ("lstm_backward.py", LSTM_DCELL, "dcell = dnext_c", ["no_h_path"], ["through h'"]),
     "gru direct term (1 − z)": ("gru_backward.py", GRU_DIRECT, "dh = dh_out * (1 - z)",
                                 ["direct_term_swapped"], ["h's direct gradient uses (1 − z) where it is z", "grad h differs"]),
@@ -167,6 +171,14 @@ LOOP_MISTAKES = {
         "gru_backward.py", "dx, dh, step = cell.step_backward(inputs[t], hs[t], dh + grad_outputs[t])",
         "dx, _, step = cell.step_backward(inputs[t], hs[t], (dh if t == T - 1 else 0) + grad_outputs[t])",
         ["no_carry"], ["not carried back"]),
+    "rnn: parameter gradients averaged over the steps": ("rnn_backward.py", "return torch.stack(dxs), dh_next, dW",
+                                                         "return torch.stack(dxs), dh_next, "
+                                                         "{k: v / len(inputs) for k, v in dW.items()}",
+                                                         ["parameter_gradients_averaged"], ["averaged over the steps"]),
+    "gru: the output's gradient added at the last step only": (
+        "gru_backward.py", "cell.step_backward(inputs[t], hs[t], dh + grad_outputs[t])",
+        "cell.step_backward(inputs[t], hs[t], dh + (grad_outputs[t] if t == T - 1 else 0))",
+        ["no_output_gradient"], ["at the last step only"]),
     "gru: parameter gradients not summed": ("gru_backward.py", "grads[name] += g.detach()", "grads[name] = g.detach()",
                                             ["parameter_gradients_not_summed"], ["not summed over the steps"]),
     "gru: each step given the state it produced": (
@@ -334,3 +346,9 @@ def test_training_a_learner_cell_does_not_need_its_backward(tmp_path, capsys):
             "--cell-class", str(path)]
     assert cli.main(args) == 0
     assert "equals torch.nn.LSTMCell" in capsys.readouterr().err
+
+
+def test_grad_inputs_as_a_list_of_steps_is_taken(plant):
+    """One gradient per step in a list, as a loop collects them: stacked, and checked as (T, B, I)."""
+    report = check_file(str(plant("rnn_backward.py", "return torch.stack(dxs), dh_next, dW", "return dxs, dh_next, dW")))
+    assert report.equal, str(report)

@@ -141,6 +141,8 @@ def _what(value):
 
 
 def _tensor(name, value, expected):
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        value = torch.stack(list(value))  # one gradient per step, as a list: stacked, as (T, ·)
     if not isinstance(value, torch.Tensor):
         raise NotACell(f"{name} is {_what(value)}, not a tensor; expected {expected}")
     return value.detach().to(torch.float64)

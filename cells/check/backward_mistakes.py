@@ -40,12 +40,13 @@ SIGMA_PRIME = {"right": lambda s: s * (1 - s), "tanh": lambda s: 1 - s**2, "miss
                "again": lambda s: torch.sigmoid(s) * (1 - torch.sigmoid(s)), "one_minus": lambda s: 1 - s,
                "value": lambda s: s}
 TANH_PRIME = {"right": lambda t: 1 - t**2, "sigma": lambda t: t * (1 - t), "missing": lambda t: torch.ones_like(t),
-              "again": lambda t: 1 - torch.tanh(t) ** 2}
+              "again": lambda t: 1 - torch.tanh(t) ** 2, "one_minus": lambda t: 1 - t, "value": lambda t: t}
 SIGMA_WRONG = {"tanh": "1 − σ², tanh's derivative", "missing": "nothing (the derivative left out)",
                "again": "σ(s)(1 − σ(s)) of the gate's value s, i.e. σ′ applied to σ's output",
                "one_minus": "(1 − s) alone, without the factor s", "value": "s alone, without the factor (1 − s)"}
 TANH_WRONG = {"sigma": "t(1 − t), σ's derivative", "missing": "nothing (the derivative left out)",
-              "again": "1 − tanh²(t) of the value t = tanh(·), i.e. tanh′ applied to tanh's output"}
+              "again": "1 − tanh²(t) of the value t = tanh(·), i.e. tanh′ applied to tanh's output",
+              "one_minus": "1 − t, without the square", "value": "t = tanh(·) itself instead of its derivative"}
 
 
 # -- the right backward of a step, with one change -------------------------------------------------
@@ -336,6 +337,12 @@ LOOP_MISTAKES = [
     Mistake("parameter_gradients_not_summed", (
         "the parameters' gradients are not summed over the steps: you keep only the last step's. Every "
         "step used the same weights, so dW = Σ_t dW_t."), {"loop": "keep_last_step"}),
+    Mistake("parameter_gradients_averaged", (
+        "the parameters' gradients are averaged over the steps: the loss adds every step's contribution, "
+        "so dW = Σ_t dW_t, not its mean."), {"loop": "mean_over_steps"}),
+    Mistake("no_output_gradient", (
+        "the output's gradient is added at the last step only: every step's h_t is an output, so the "
+        "gradient at h_t is grad_outputs[t] plus what step t+1 sent back, at every t."), {"loop": "output_at_last_only"}),
     Mistake("grad_last_unused", (
         "grad_last is not used: the gradient at the final states starts the loop (added to the last "
         "step's h and, for an LSTM, its c)."), {"loop": "no_grad_last"}),
@@ -410,7 +417,8 @@ def loop_variant(cell, inputs, hx, grad_outputs, grad_last, change):
             grad_state = _zero(grad_state, 0, multiple)
         if t != T - 1 and loop in ("no_carry", "no_carry_c"):
             grad_state = _zero(grad_state, 1, multiple)
-        grad_out = grad_state if loop == "no_output" else _add_h(grad_state, grad_outputs[t], multiple)
+        skip_output = loop == "no_output" or (loop == "output_at_last_only" and t != T - 1)
+        grad_out = grad_state if skip_output else _add_h(grad_state, grad_outputs[t], multiple)
         start = starts[t + 1] if loop == "state_after" else starts[t]
         grad_input, grad_state, per_step[t] = cell.step_backward(inputs[t], start, grad_out)
         grad_inputs[T - 1 - t if loop == "reversed_store" else t] = grad_input
@@ -418,4 +426,6 @@ def loop_variant(cell, inputs, hx, grad_outputs, grad_last, change):
         grads = per_step[0 if loop == "keep_first_step" else T - 1]
     else:
         grads = {name: sum(step[name] for step in per_step.values()) for name in per_step[0]}
+        if loop == "mean_over_steps":
+            grads = {name: grad / T for name, grad in grads.items()}
     return grad_inputs, grad_state, grads
