@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test,train]"
+	$(PY) -m pip install --quiet -e ".[test,train,onnx]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -67,8 +67,10 @@ def machine_info(device: torch.device, threads: int, dtype: str, min_run_time: f
             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()}
 
 
-def fmt_ms(ms: float) -> str:
-    """Three or four significant digits, never scientific notation."""
+def fmt_ms(ms: Optional[float]) -> str:
+    """Three or four significant digits, never scientific notation; "–" for a time not taken."""
+    if ms is None:
+        return "–"
     return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3f}"
 
 
@@ -99,15 +101,21 @@ def markdown(rows: List[dict], info: Dict[str, object]) -> str:
         + (f"; each run's ratio is from that run's times, the table gives the median of the {info['runs']} runs "
            f"and (min–max)" if info.get("runs", 1) > 1 else ""),
         "- impls: `torch` = torch.nn (cuDNN on a GPU), `readable` = our Python unroll of the cell, "
-        "`fused` = our hand-derived fast path, `ours` (= `auto`) = our layers' default path (`impl=\"auto\"`)",
+        "`fused` = our hand-derived fast path, `ours` (= `auto`) = our layers' default path (`impl=\"auto\"`)"
+        + (", `onnxruntime` = torch.nn's layer exported to ONNX and run by ONNX Runtime (forward only); "
+           "forward / ORT = our forward time over ONNX Runtime's in the same run"
+           if any(r["impl"] == "onnxruntime" for r in rows) else ""),
         ("- every implementation was checked equal to torch.nn (output, final states, gradients) "
          "before it was timed" if info["checked"] else
          "- **not checked** against torch.nn (`--no-check`)"),
     ]
     with_mem = any("peak_mem_bytes" in r for r in rows)
+    with_peer = any(r.get("forward_over_onnxruntime") is not None for r in rows)
     for cell in dict.fromkeys(r["cell"] for r in rows):
         header = "| B, T, I, H | impl | forward ms | train ms | forward ratio | train ratio |"
         rule = "| --- | --- | ---: | ---: | ---: | ---: |"
+        if with_peer:
+            header, rule = header + " forward / ORT |", rule + " ---: |"
         if with_mem:
             header, rule = header + " train peak MiB |", rule + " ---: |"
         lines += ["", f"## {cell.upper()}", "", header, rule]
@@ -120,6 +128,9 @@ def markdown(rows: List[dict], info: Dict[str, object]) -> str:
             line = (f"| {shape} | {r['impl']} | {fmt_ms(r['forward_ms'])} | {fmt_ms(r['train_ms'])} "
                     f"| {fmt_ratio(r['forward_ratio'], spread['forward_ratio_min'], spread['forward_ratio_max'])} "
                     f"| {fmt_ratio(r['train_ratio'], spread['train_ratio_min'], spread['train_ratio_max'])} |")
+            if with_peer:
+                peer = (r.get(f"forward_over_onnxruntime{end}") for end in ("", "_min", "_max"))
+                line += f" {fmt_ratio(*peer)} |"
             if with_mem:
                 line += f" {r['peak_mem_bytes'] / 2**20:.1f} |"
             lines.append(line)
@@ -147,7 +158,7 @@ def plot(rows: List[dict], path: str, title: str = "") -> bool:
     except ImportError:
         print(f"--plot {path}: skipped, matplotlib is not installed (pip install matplotlib)")
         return False
-    ratios = [r for r in rows if r["impl"] != "torch" and r["train_ratio"] is not None]
+    ratios = [r for r in rows if r["impl"] != "torch" and r["forward_ratio"] is not None]
     if not ratios:
         print(f"--plot {path}: skipped, the ratios need torch among --impls and one more implementation")
         return False
@@ -158,14 +169,14 @@ def plot(rows: List[dict], path: str, title: str = "") -> bool:
     fig, axes = plt.subplots(2, len(cells), figsize=(1.2 + 1.3 * len(shapes) * len(cells), 6.5),
                              squeeze=False, sharey="row")
     width = 0.8 / len(impls)
-    values = [r[k] for r in ratios for k in ("forward_ratio", "train_ratio")] + [1.0]
+    values = [r[k] for r in ratios for k in ("forward_ratio", "train_ratio") if r[k] is not None] + [1.0]
     limits = (min(values) / 1.6, max(values) * 1.8)  # room for the bar labels on a log scale
     for col, cell in enumerate(cells):
         for row, key in enumerate(("forward_ratio", "train_ratio")):
             ax = axes[row][col]
             for k, impl in enumerate(impls):
                 found = {(r["batch"], r["seq_len"], r["input_size"], r["hidden_size"]): r[key]
-                         for r in ratios if r["cell"] == cell and r["impl"] == impl}
+                         for r in ratios if r["cell"] == cell and r["impl"] == impl and r[key] is not None}
                 xs = [i + (k - (len(impls) - 1) / 2) * width for i, s in enumerate(shapes) if s in found]
                 ys = [found[s] for s in shapes if s in found]
                 bars = ax.bar(xs, ys, width, label=impl)

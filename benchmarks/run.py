@@ -33,17 +33,22 @@ from torch.utils import benchmark
 
 from models.kinds import COMMAND_IMPLS, KINDS, layer_impl
 
+from . import onnx_peer
+
 CELLS = tuple(KINDS)
 # The implementation names of models.kinds: "torch" is torch.nn (cuDNN on a GPU); "ours" (= "auto")
 # our layers on their default path, the fastest correct one for the device; "fused" and "readable"
-# our layers forced onto the fast path or onto the Python unroll of the cell.
-IMPLS = COMMAND_IMPLS
+# our layers forced onto the fast path or onto the Python unroll of the cell; "onnxruntime" torch.nn's
+# layer exported to ONNX and run by ONNX Runtime, a forward-only peer (benchmarks/onnx_peer.py).
+IMPLS = (*COMMAND_IMPLS, onnx_peer.NAME)
+FORWARD_ONLY = {onnx_peer.NAME}
 DEFAULT_IMPLS = ("torch", "readable", "ours")
 DEVICES = ("cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 ROW_KEYS = ("cell", "impl", "device", "batch", "seq_len", "input_size", "hidden_size", "runs",
             "forward_ms", "train_ms", "forward_ratio", "train_ratio",
-            "forward_ratio_min", "forward_ratio_max", "train_ratio_min", "train_ratio_max")
+            "forward_ratio_min", "forward_ratio_max", "train_ratio_min", "train_ratio_max",
+            "forward_over_onnxruntime", "forward_over_onnxruntime_min", "forward_over_onnxruntime_max")
 
 
 class Shape(NamedTuple):
@@ -137,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--impls", type=choice_list(IMPLS), default=list(DEFAULT_IMPLS),
                         metavar=",".join(IMPLS),
                         help="which implementations, comma-separated (default: torch,readable,ours); "
-                             "ours = auto, our layers' default path; the ratios need torch")
+                             "ours = auto, our layers' default path; onnxruntime = torch.nn's layer in ONNX "
+                             "Runtime, forward only (CPU; pip install -e \".[onnx]\"); the ratios need torch")
     parser.add_argument("--shapes", type=parse_shape, nargs="+", default=list(DEFAULT_SHAPES),
                         metavar="B,T,I,H", help=f"batch,seq_len,input_size,hidden_size per case "
                                                 f"(default: {shapes})")
@@ -174,7 +180,7 @@ def make_layers(cell: str, shape: Shape, impls: Sequence[str], device: torch.dev
     reference = KINDS[cell].torch_layer(shape.input_size, shape.hidden_size, device=device, dtype=dtype)
     layers = {"torch": reference}
     for impl in impls:
-        if impl != "torch":
+        if impl not in ("torch", *FORWARD_ONLY):
             ours = KINDS[cell].layer(shape.input_size, shape.hidden_size, device=device, dtype=dtype,
                                      impl=layer_impl(impl))
             ours.load_state_dict(reference.state_dict())  # strict: the names must be torch's
@@ -261,6 +267,23 @@ def check(cell: str, impl: str, shape: Shape, layer: nn.Module, reference: nn.Mo
                 f"(rtol={rtol:.1e}, atol={atol:.1e}): {detail}") from None
 
 
+def check_forward(cell: str, impl: str, shape: Shape, layer, inputs: Inputs, device: torch.device,
+                  dtype: torch.dtype, expected):
+    """Raise BenchmarkError unless a forward-only `layer` gives torch.nn's output and final states."""
+    with torch.no_grad():
+        out, states = forward(layer, inputs)
+    r_out, r_states, _ = expected
+    rtol, base_atol = tolerances(dtype, shape.seq_len)
+    for what, actual, want in [("output", out, r_out), *((f"final state {i}", s, r) for i, (s, r)
+                                                          in enumerate(zip(states, r_states)))]:
+        atol = base_atol * max(1.0, want.abs().max().item())
+        try:
+            torch.testing.assert_close(actual, want.detach(), rtol=rtol, atol=atol)
+        except AssertionError as e:
+            detail = " ".join(str(e).split("\n")[:4])
+            raise BenchmarkError(f"{impl} {cell} differs from torch.nn at {shape} in the {what}: {detail}") from None
+
+
 # -- timing -----------------------------------------------------------------------------------------
 
 
@@ -340,10 +363,15 @@ def prepare_case(cell: str, shape: Shape, args, device: torch.device, dtype: tor
     """Build every implementation of one cell and shape and check it against torch.nn."""
     layers = make_layers(cell, shape, args.impls, device, dtype)
     inputs = make_inputs(cell, shape, device, dtype)
+    if onnx_peer.NAME in args.impls:
+        layers[onnx_peer.NAME] = onnx_peer.OnnxRuntimeLayer(layers["torch"], inputs.x, inputs.hx,
+                                                            torch.get_num_threads())
     if not args.no_check:
         expected = train_step(layers["torch"], inputs)
         for impl in args.impls:
-            if impl != "torch":
+            if impl in FORWARD_ONLY:
+                check_forward(cell, impl, shape, layers[impl], inputs, device, dtype, expected)
+            elif impl != "torch":
                 check(cell, impl, shape, layers[impl], layers["torch"], inputs, device, dtype, expected)
     return Case(cell, shape, layers, inputs)
 
@@ -358,7 +386,8 @@ def time_case(case: Case, args, threads: int) -> Dict[str, Dict[str, float]]:
         return fn
 
     label = f"{case.cell} {case.shape}"
-    train_fns = {impl: (lambda layer=case.layers[impl]: train_step(layer, case.inputs)) for impl in args.impls}
+    train_fns = {impl: (lambda layer=case.layers[impl]: train_step(layer, case.inputs))
+                 for impl in args.impls if impl not in FORWARD_ONLY}
     return {"forward": time_ms({impl: inference(case.layers[impl]) for impl in args.impls}, threads,
                                args.min_run_time, args.rounds, label + " forward"),
             "train": time_ms(train_fns, threads, args.min_run_time, args.rounds, label + " train")}
@@ -373,11 +402,19 @@ def summarize(case: Case, runs: List[Dict[str, Dict[str, float]]], args, device:
                "seq_len": case.shape.seq_len, "input_size": case.shape.input_size,
                "hidden_size": case.shape.hidden_size, "runs": len(runs)}
         for pass_ in ("forward", "train"):
+            if impl not in runs[0][pass_]:  # a forward-only peer has no train time
+                row.update(dict.fromkeys((f"{pass_}_ms", f"{pass_}_ratio", f"{pass_}_ratio_min", f"{pass_}_ratio_max")))
+                continue
             row[f"{pass_}_ms"] = statistics.median(r[pass_][impl] for r in runs)
             ratios = [r[pass_][impl] / r[pass_]["torch"] for r in runs] if "torch" in args.impls else None
             row[f"{pass_}_ratio"] = statistics.median(ratios) if ratios else None
             row[f"{pass_}_ratio_min"] = min(ratios) if ratios else None
             row[f"{pass_}_ratio_max"] = max(ratios) if ratios else None
+        peer = [r["forward"][impl] / r["forward"][onnx_peer.NAME] for r in runs] \
+            if onnx_peer.NAME in args.impls and impl not in ("torch", onnx_peer.NAME) else None
+        row["forward_over_onnxruntime"] = statistics.median(peer) if peer else None
+        row["forward_over_onnxruntime_min"] = min(peer) if peer else None
+        row["forward_over_onnxruntime_max"] = max(peer) if peer else None
         if device.type == "cuda":
             train_fn = lambda layer=case.layers[impl]: train_step(layer, case.inputs)  # noqa: E731
             row["peak_mem_bytes"] = peak_train_memory(train_fn)
@@ -387,11 +424,13 @@ def summarize(case: Case, runs: List[Dict[str, Dict[str, float]]], args, device:
 
 def log_run(case: Case, timing, run_index: int, log: Callable[[str], None]) -> None:
     for impl, fwd in timing["forward"].items():
-        train = timing["train"][impl]
-        ratios = "" if "torch" not in timing["forward"] else \
-            f"  ({fwd / timing['forward']['torch']:.2f}x / {train / timing['train']['torch']:.2f}x torch)"
-        log(f"run {run_index + 1}  {case.cell:4} {str(case.shape):28} {impl:8} forward {fwd:9.3f} ms  "
-            f"train {train:9.3f} ms{ratios}")
+        train = timing["train"].get(impl)
+        ratios = "" if "torch" not in timing["forward"] else (
+            f"  ({fwd / timing['forward']['torch']:.2f}x" + (f" / {train / timing['train']['torch']:.2f}x"
+                                                             if train is not None else "") + " torch)")
+        trained = f"train {train:9.3f} ms" if train is not None else "train         –   "
+        log(f"run {run_index + 1}  {case.cell:4} {str(case.shape):28} {impl:11} forward {fwd:9.3f} ms  "
+            f"{trained}{ratios}")
 
 
 # -- entry point ------------------------------------------------------------------------------------
@@ -412,6 +451,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if onnx_peer.NAME in args.impls:
+        why_not = onnx_peer.unavailable() or ("it runs on the CPU here" if args.device != "cpu" else None)
+        if why_not:
+            parser.error(f"--impls {onnx_peer.NAME}: {why_not}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available here (no GPU, or a CPU-only build of torch "
                      f"{torch.__version__}); use --device cpu")

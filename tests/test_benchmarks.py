@@ -234,3 +234,53 @@ def test_profile_sorts_matmuls_by_shape_and_pass():
     assert profile.part_of(Event("aten::sigmoid", [[B, 16]]), "torch", "gru", B, rows) == "gate math"
     assert profile.part_of(Event("aten::mkldnn_rnn_layer", []), "torch", "lstm", B, rows) == "time loop"
     assert profile.part_of(Event("LSTMFunctionBackward", [], engine), "ours", "lstm", B, rows) == "time loop"
+
+
+# -- ONNX Runtime as a forward-only peer ---------------------------------------------------------------
+
+needs_onnxruntime = pytest.mark.skipif(run.onnx_peer.unavailable() is not None,
+                                       reason=f"ONNX Runtime: {run.onnx_peer.unavailable()}")
+
+
+@needs_onnxruntime
+def test_onnxruntime_peer_is_checked_then_timed_forward_only(tmp_path):
+    path = tmp_path / "ort.json"
+    assert main(["--cells", "rnn,lstm,gru", "--impls", "torch,ours,onnxruntime", *TINY, "--json", str(path),
+                 "--markdown", str(tmp_path / "ort.md"), "--plot", str(tmp_path / "ort.png")]) == 0
+    rows = {(r["cell"], r["impl"]): r for r in json.loads(path.read_text())}
+    for cell in ("rnn", "lstm", "gru"):
+        peer, ours = rows[(cell, "onnxruntime")], rows[(cell, "ours")]
+        assert peer["forward_ms"] > 0 and peer["train_ms"] is None and peer["train_ratio"] is None
+        assert ours["forward_over_onnxruntime"] == pytest.approx(ours["forward_ms"] / peer["forward_ms"], rel=0.5)
+    text = (tmp_path / "ort.md").read_text()
+    assert "forward / ORT" in text and "| onnxruntime | " in text and "ONNX Runtime" in text
+
+
+@needs_onnxruntime
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_onnxruntime_layer_equals_torch_nn(cell):
+    """The exported graph computes torch.nn's layer: output and final states."""
+    shape = Shape(3, 6, 4, 5)
+    torch.manual_seed(0)
+    reference = run.make_layers(cell, shape, ["torch"], torch.device("cpu"), torch.float32)["torch"]
+    inputs = run.make_inputs(cell, shape, torch.device("cpu"), torch.float32)
+    layer = run.onnx_peer.OnnxRuntimeLayer(reference, inputs.x, inputs.hx, threads=1)
+    with torch.no_grad():
+        (out, states), (r_out, r_states) = run.forward(layer, inputs), run.forward(reference, inputs)
+    torch.testing.assert_close([out, *states], [r_out, *r_states])
+
+
+@needs_onnxruntime
+def test_onnxruntime_that_differs_is_not_timed(monkeypatch, capsys):
+    real = run.onnx_peer.OnnxRuntimeLayer.__call__
+    monkeypatch.setattr(run.onnx_peer.OnnxRuntimeLayer, "__call__",
+                        lambda self, x, hx: (lambda out, s: (out * 1.01, s))(*real(self, x, hx)))
+    assert main(["--cells", "gru", "--impls", "torch,onnxruntime", *TINY]) == 1
+    assert "onnxruntime gru differs from torch.nn" in capsys.readouterr().err
+
+
+def test_onnxruntime_refused_where_it_cannot_run(monkeypatch, capsys):
+    monkeypatch.setattr(run.onnx_peer, "unavailable", lambda: "onnxruntime is not installed")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--impls", "torch,onnxruntime", *TINY])
+    assert exit_.value.code == 2 and "--impls onnxruntime: onnxruntime is not installed" in capsys.readouterr().err
