@@ -89,6 +89,13 @@ STEP_MISTAKES = {
                                           ["tanh_prime_c"], ["1 − t, without the square"]),
     "lstm tanh(c') instead of tanh′(c')": ("lstm_backward.py", LSTM_DCELL, "dcell = dnext_c + dnext_h * o * tc",
                                            ["tanh_prime_c"], ["tanh(·) itself instead of its derivative"]),
+    "lstm tanh′ of c' itself": ("lstm_backward.py", LSTM_DCELL, "dcell = dnext_c + dnext_h * o * (1 - next_c * next_c)",
+                                ["tanh_prime_c"], ["1 − a² of the pre-activation a"]),
+    "lstm σ′ of the pre-activation on i": ("lstm_backward.py", "da_i = di * i * (1 - i)",
+                                           "a = torch.mm(x, self.weight_ih.t()) + torch.mm(h, self.weight_hh.t()) + "
+                                           "self.bias_ih + self.bias_hh\n        a_i = a[:, :self.hidden_size]\n"
+                                           "        da_i = di * a_i * (1 - a_i)",
+                                           ["sigma_prime"], ["the gate i", "of the pre-activation a"]),
     "lstm no path from h' to c'": ("lstm_backward.py", LSTM_DCELL, "dcell = dnext_c", ["no_h_path"], ["through h'"]),
     "gru direct term (1 − z)": ("gru_backward.py", GRU_DIRECT, "dh = dh_out * (1 - z)",
                                 ["direct_term_swapped"], ["h's direct gradient uses (1 − z) where it is z", "grad h differs"]),

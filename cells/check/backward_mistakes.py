@@ -12,8 +12,9 @@ A step variant's `change` is a dict of:
 
     sigma_prime    {gate: form} the derivative used for a σ gate: "tanh" (1 − s²), "missing" (1),
                    "again" (σ(s)(1 − σ(s)), σ′ applied to the gate's value s instead of its input),
-                   "one_minus" (1 − s), "value" (s)
-    tanh_prime     {gate: form} the same for a tanh: "sigma" (t(1 − t)), "missing", "again"
+                   "one_minus" (1 − s), "value" (s), "pre" (a(1 − a) of the pre-activation a)
+    tanh_prime     {gate: form} the same for a tanh: "sigma" (t(1 − t)), "missing", "again",
+                   "one_minus" (1 − t), "value" (t), "pre" (1 − a²)
     order          the order in which the learner stacked the gates' gradients, e.g. "ifog"
     dW_hh_from_next    dW_hh = dzᵀ h' instead of dzᵀ h
     transposed     {"weight_ih", "weight_hh"} given as xᵀ dz / hᵀ dz, (in, out) instead of (out, in)
@@ -43,21 +44,27 @@ TANH_PRIME = {"right": lambda t: 1 - t**2, "sigma": lambda t: t * (1 - t), "miss
               "again": lambda t: 1 - torch.tanh(t) ** 2, "one_minus": lambda t: 1 - t, "value": lambda t: t}
 SIGMA_WRONG = {"tanh": "1 − σ², tanh's derivative", "missing": "nothing (the derivative left out)",
                "again": "σ(s)(1 − σ(s)) of the gate's value s, i.e. σ′ applied to σ's output",
-               "one_minus": "(1 − s) alone, without the factor s", "value": "s alone, without the factor (1 − s)"}
+               "one_minus": "(1 − s) alone, without the factor s", "value": "s alone, without the factor (1 − s)",
+               "pre": "a (1 − a) of the pre-activation a instead of the gate's value s = σ(a)"}
 TANH_WRONG = {"sigma": "t(1 − t), σ's derivative", "missing": "nothing (the derivative left out)",
               "again": "1 − tanh²(t) of the value t = tanh(·), i.e. tanh′ applied to tanh's output",
-              "one_minus": "1 − t, without the square", "value": "t = tanh(·) itself instead of its derivative"}
+              "one_minus": "1 − t, without the square", "value": "t = tanh(·) itself instead of its derivative",
+              "pre": "1 − a² of the pre-activation a instead of the value t = tanh(a)"}
 
 
 # -- the right backward of a step, with one change -------------------------------------------------
 
 
-def _sigma_prime(gate, change):
-    return SIGMA_PRIME[change.get("sigma_prime", {}).get(gate, "right")]
+def _sigma_prime(gate, change, value, pre):
+    """σ′ of the gate `value` = σ(`pre`) as the learner wrote it: from the value, or ("pre") the same
+    formula applied to the pre-activation."""
+    form = change.get("sigma_prime", {}).get(gate, "right")
+    return SIGMA_PRIME["right"](pre) if form == "pre" else SIGMA_PRIME[form](value)
 
 
-def _tanh_prime(gate, change):
-    return TANH_PRIME[change.get("tanh_prime", {}).get(gate, "right")]
+def _tanh_prime(gate, change, value, pre):
+    form = change.get("tanh_prime", {}).get(gate, "right")
+    return TANH_PRIME["right"](pre) if form == "pre" else TANH_PRIME[form](value)
 
 
 def _through_matmuls(kind, x, h, h_next, d_xproj, d_hproj, dh_direct, p, change):
@@ -93,13 +100,15 @@ def lstm_backward_variant(x, states, grad_out, p, change, nonlinearity=None):
     dc_arriving = dc_next
     do = dh_next * tanh_c
     if not change.get("no_h_path"):
-        dc_next = dc_next + dh_next * o * TANH_PRIME[change.get("c_tanh_prime", "right")](tanh_c)
+        form = change.get("c_tanh_prime", "right")
+        c_used = c if change.get("old_c") else c_next
+        dc_next = dc_next + dh_next * o * (1 - c_used**2 if form == "pre" else TANH_PRIME[form](tanh_c))
     df = dc_next * (c_next if change.get("df_from_next_c") else c)
     di, dg = dc_next * g, dc_next * i
     dc_sent = dc_arriving if change.get("dc_from_arriving") else dc_next
     dc = dc_sent if change.get("dc_no_f") else dc_sent * f
-    d_z = torch.cat([di * _sigma_prime("i", change)(i), df * _sigma_prime("f", change)(f),
-                     dg * _tanh_prime("g", change)(g), do * _sigma_prime("o", change)(o)], 1)
+    d_z = torch.cat([di * _sigma_prime("i", change, i, z_i), df * _sigma_prime("f", change, f, z_f),
+                     dg * _tanh_prime("g", change, g, z_g), do * _sigma_prime("o", change, o, z_o)], 1)
     h_next = o * torch.tanh(c_next)
     grads = _through_matmuls("lstm", x, h, h_next, d_z, d_z, 0, p, change)
     grads["grad c"] = dc
@@ -118,12 +127,12 @@ def gru_backward_variant(x, states, grad_out, p, change, nonlinearity=None):
     dn = dh_next * (z if change.get("dn") == "z" else 1 - z)
     dz = dh_next * ((n - h) if change.get("dz_sign") else (h - n))
     dh_direct = dh_next * ((1 - z) if change.get("direct") == "1-z" else z)
-    dx_n = dn * _tanh_prime("n", change)(n)
+    dx_n = dn * _tanh_prime("n", change, n, x_n + r * h_n)
     b_hn = 0 if p.get("bias_hh") is None else p["bias_hh"][2 * H:]
     reset_sees = {"no_b_hn": h_n - b_hn, "h": h, "nothing": 1}.get(change.get("dr"), h_n)
     dr = dx_n * reset_sees
     dh_n = dx_n if change.get("dh_n_without_r") else dx_n * r
-    dx_r, dx_z = dr * _sigma_prime("r", change)(r), dz * _sigma_prime("z", change)(z)
+    dx_r, dx_z = dr * _sigma_prime("r", change, r, x_r + h_r), dz * _sigma_prime("z", change, z, x_z + h_z)
     h_next = (1 - z) * n + z * h
     return _through_matmuls("gru", x, h, h_next, torch.cat([dx_r, dx_z, dx_n], 1), torch.cat([dx_r, dx_z, dh_n], 1),
                             dh_direct, p, change)
