@@ -107,6 +107,17 @@ def _training_entry(runs: list) -> list[str]:
     return [f"{unit[0]}{mean}{unit[1]} ({low}–{high})", f"{statistics.mean(walls):.0f} s"]
 
 
+def training_presets() -> str:
+    """The classic tutorial presets, ours and torch.nn, from benchmarks/results/train_presets.json."""
+    data = json.loads((RESULTS / "train_presets.json").read_text())
+    lines = ["| preset | setup | ours | torch.nn | command |", "| --- | --- | --- | --- | --- |"]
+    for r in data["runs"]:
+        lines.append(f"| `{r['preset']}` | {r['setup']} | {r['ours']} ({r['ours_wall_seconds']} s) | "
+                     f"{r['torch']} ({r['torch_wall_seconds']} s) | `{r['command']}` |")
+    return ("\n".join(lines) + f"\n\nTest result (wall time): {data['how']}; {data['machine']}; {data['date']} "
+            "([benchmarks/results/train_presets.json]({root}benchmarks/results/train_presets.json)).\n")
+
+
 def training_sequential() -> str:
     """The shipped sequential-MNIST weights (train/pretrained/*.pt): what each records of its run."""
     lines = ["| task | cell | recipe | test accuracy | epochs | training time | command |",
@@ -132,6 +143,7 @@ TABLES = {
     "speed-1-thread": lambda: speed("cpu_1thread", spread=True),
     "training": training_defaults,
     "training-sequential": training_sequential,
+    "training-presets": training_presets,
 }
 
 
