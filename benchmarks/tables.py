@@ -74,6 +74,32 @@ def _ratio(row: dict, part: str, spread: bool) -> str:
     return f"{text} ({low:.2f}–{high:.2f})" if spread and low is not None and low != high else text
 
 
+def speed_onnxruntime() -> str:
+    """Our forward time over ONNX Runtime's, on two threads and on one, a row per default shape."""
+    names = [name for name in ("cpu_onnxruntime", "cpu_onnxruntime_1thread") if (RESULTS / f"{name}.json").is_file()]
+    if not names:
+        return "Not measured yet: `python -m benchmarks --impls torch,ours,onnxruntime` writes it.\n"
+    found = {name: _benchmark(name) for name in names}
+    threads = {name: "1 thread" if name.endswith("1thread") else "2 threads" for name in names}
+    lines = ["| forward, ours / ONNX Runtime | " + " | ".join(f"{cell.upper()} ({threads[n]})" for n in names
+                                                         for cell in CELLS) + " |",
+             "| --- |" + " --- |" * (len(names) * len(CELLS))]
+    for shape, label in SHAPES.items():
+        entries = []
+        for name in names:
+            for cell in CELLS:
+                r = found[name][0][(cell, shape)]
+                low, high = r["forward_over_onnxruntime_min"], r["forward_over_onnxruntime_max"]
+                entries.append(f"{r['forward_over_onnxruntime']:.2f} ({low:.2f}–{high:.2f})")
+        lines.append(f"| {label} | " + " | ".join(entries) + " |")
+    sources = "; ".join(f"{threads[n]}: {found[n][1]['device']}, {found[n][1]['date']}, "
+                        f"[benchmarks/results/{n}.md]({{root}}benchmarks/results/{n}.md), from {found[n][1]['command']}"
+                        for n in names)
+    runs = next(iter(found[names[0]][0].values()))["runs"]
+    return ("\n".join(lines) + f"\n\nOur forward time over ONNX Runtime's in the same run (below 1: ours is faster), "
+            f"median (min–max) of {runs} runs. {sources}.\n")
+
+
 # -- training: benchmarks/results/train_defaults.json and train/pretrained/ ------------------------
 
 
@@ -130,17 +156,22 @@ def training_sequential() -> str:
         lines.append(f"| {state['task']} | {state['cell'].upper()} | {config['layers']}×{config['hidden']}, "
                      f"{config['optimizer']} {config['lr']:g} {config['schedule']}, batch {config['batch_size']} | "
                      f"{100 * state['test_accuracy']:.2f} % | {len(metrics['epochs'])} | "
-                     f"{metrics['train_seconds'] / 3600:.1f} h | `{state['recipe']}` |")
+                     f"{metrics['wall_seconds_total'] / 3600:.1f} h | `{state['recipe']}` |")
     if not shipped:
         return "No sequential-MNIST weights are shipped yet.\n"
-    return ("\n".join(lines) + "\n\nEach file in [train/pretrained/]({root}train/pretrained) holds the weights, the "
-            "configuration and the run's metrics.json; `python -m train evaluate FILE` scores it again.\n")
+    machines = sorted({json.loads(torch.load(p, map_location="cpu", weights_only=True)["metrics"]).get("machine", "")
+                       for p in shipped} - {""})
+    return ("\n".join(lines) + "\n\nTraining time: the whole command, data loading and an evaluation after every "
+            "epoch included" + (f", on {'; '.join(machines)}" if machines else "") + ". Each file in "
+            "[train/pretrained/]({root}train/pretrained) holds the weights, the configuration and the run's "
+            "metrics (also beside it as FILE.metrics.json); `python -m train evaluate FILE` scores it again.\n")
 
 
 TABLES = {
     "speed": lambda: speed("cpu", spread=False),
     "speed-2-threads": lambda: speed("cpu", spread=True),
     "speed-1-thread": lambda: speed("cpu_1thread", spread=True),
+    "speed-onnxruntime": speed_onnxruntime,
     "training": training_defaults,
     "training-sequential": training_sequential,
     "training-presets": training_presets,

@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "that `python -m train evaluate` and torch.load(weights_only=True) read.")
     export.add_argument("run", metavar="RUN", help="the run's --out folder (checkpoint.pt and metrics.json)")
     export.add_argument("path", metavar="PATH", help="the file to write, e.g. train/pretrained/mnist-pixels-gru.pt")
+    export.add_argument("--recipe", metavar="COMMAND",
+                        help="the command that trains it from scratch (default: the run's own command line)")
+    export.add_argument("--machine", metavar="TEXT", help="what it trained on: CPU model, cores, vector width, threads")
     return parser
 
 
@@ -269,7 +272,7 @@ def _trained(args: argparse.Namespace) -> int:
 
     try:
         if args.task == "export":
-            written = export(pathlib.Path(args.run), pathlib.Path(args.path))
+            written = export(pathlib.Path(args.run), pathlib.Path(args.path), args.recipe, args.machine)
             _say(f"wrote {args.path}: {written['task']} {written['cell']}, test accuracy {written['test_accuracy']:.2%}")
             return 0
         if args.threads:

@@ -93,9 +93,12 @@ def evaluate_trained(path, impl: Optional[str] = None, data_dir: Optional[str] =
     }
 
 
-def export(run: pathlib.Path, path: pathlib.Path) -> dict[str, Any]:
+def export(run: pathlib.Path, path: pathlib.Path, recipe: Optional[str] = None,
+           machine: Optional[str] = None) -> dict[str, Any]:
     """Write the shipped file `path` from the finished run in the folder `run` (its checkpoint.pt and
-    metrics.json); returns what was written, less the weights."""
+    metrics.json); `recipe`: the command that trains it from scratch, when the run's own command line
+    is not (a run resumed with --resume); `machine`: what it trained on (CPU model, cores, vector width,
+    threads), kept in the file's metrics. Returns what was written, less the weights."""
     run = pathlib.Path(run)
     config, weights, info = load_trained(run)
     metrics_path = run / "metrics.json"
@@ -103,6 +106,8 @@ def export(run: pathlib.Path, path: pathlib.Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{metrics_path} is missing: export a run that has finished")
     metrics = json.loads(metrics_path.read_text())
     metrics = {k: v for k, v in metrics.items() if k not in ("logged_steps", "logged_loss")}
+    if machine:
+        metrics["machine"] = machine
     shipped = {
         "format": FORMAT,
         "task": task_name(config),
@@ -110,7 +115,7 @@ def export(run: pathlib.Path, path: pathlib.Path) -> dict[str, Any]:
         "model": {k: v.detach().to("cpu").clone() for k, v in weights.items()},
         "config": config.to_dict(),
         "test_accuracy": metrics.get("test_accuracy"),
-        "recipe": metrics.get("command"),
+        "recipe": recipe or metrics.get("command"),
         "metrics": json.dumps(metrics),  # one string: every value weights_only can read back
     }
     ckpt.save_atomic(shipped, pathlib.Path(path))
