@@ -250,21 +250,9 @@ def check(cell: str, impl: str, shape: Shape, layer: nn.Module, reference: nn.Mo
     if sorted(names) != sorted(r_names):
         raise BenchmarkError(f"{impl} {cell} at {shape}: parameter names {names[1:]} are not torch.nn's {r_names[1:]}")
     # Gradients are matched by parameter name, not by order.
-    pairs = [("output", out, r_out)]
-    pairs += [(f"final state {i}", s, r) for i, (s, r) in enumerate(zip(states, r_states))]
     r_by_name = dict(zip(r_names, r_grads))
-    pairs += [(f"gradient of {n}", g, r_by_name[n]) for n, g in zip(names, grads)]
-    rtol, base_atol = tolerances(dtype, shape.seq_len)
-    for what, actual, want in pairs:
-        atol = base_atol * max(1.0, want.abs().max().item())
-        try:
-            torch.testing.assert_close(actual, want, rtol=rtol, atol=atol)
-        except AssertionError as e:
-            detail = " ".join(str(e).split("\n")[:4])
-            raise BenchmarkError(
-                f"{impl} {cell} differs from torch.nn.{KINDS[cell].torch_layer.__name__} at {shape} "
-                f"({str(dtype).replace('torch.', '')}, {device.type}) in the {what} "
-                f"(rtol={rtol:.1e}, atol={atol:.1e}): {detail}") from None
+    _assert_close(cell, impl, shape, device, dtype, _output_pairs(out, states, r_out, r_states)
+                  + [(f"gradient of {n}", g, r_by_name[n]) for n, g in zip(names, grads)])
 
 
 def check_forward(cell: str, impl: str, shape: Shape, layer, inputs: Inputs, device: torch.device,
@@ -273,15 +261,27 @@ def check_forward(cell: str, impl: str, shape: Shape, layer, inputs: Inputs, dev
     with torch.no_grad():
         out, states = forward(layer, inputs)
     r_out, r_states, _ = expected
+    _assert_close(cell, impl, shape, device, dtype, _output_pairs(out, states, r_out, r_states))
+
+
+def _output_pairs(out, states, r_out, r_states):
+    """(what, ours, torch.nn's) for the output and each final state."""
+    return [("output", out, r_out)] + [(f"final state {i}", s, r) for i, (s, r) in enumerate(zip(states, r_states))]
+
+
+def _assert_close(cell, impl, shape, device, dtype, pairs):
+    """Raise BenchmarkError at the first (what, actual, want) of `pairs` outside `tolerances`."""
     rtol, base_atol = tolerances(dtype, shape.seq_len)
-    for what, actual, want in [("output", out, r_out), *((f"final state {i}", s, r) for i, (s, r)
-                                                          in enumerate(zip(states, r_states)))]:
+    for what, actual, want in pairs:
         atol = base_atol * max(1.0, want.abs().max().item())
         try:
             torch.testing.assert_close(actual, want.detach(), rtol=rtol, atol=atol)
         except AssertionError as e:
             detail = " ".join(str(e).split("\n")[:4])
-            raise BenchmarkError(f"{impl} {cell} differs from torch.nn at {shape} in the {what}: {detail}") from None
+            raise BenchmarkError(
+                f"{impl} {cell} differs from torch.nn.{KINDS[cell].torch_layer.__name__} at {shape} "
+                f"({str(dtype).replace('torch.', '')}, {device.type}) in the {what} "
+                f"(rtol={rtol:.1e}, atol={atol:.1e}): {detail}") from None
 
 
 # -- timing -----------------------------------------------------------------------------------------

@@ -56,11 +56,16 @@ def load(path: pathlib.Path) -> dict[str, Any]:
             f"no checkpoint to resume from at {path.absolute()}: --resume continues a run in the "
             f"same --out folder; start without --resume to train from scratch."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return checked(torch.load(path, map_location="cpu", weights_only=True), path)
+
+
+def checked(state: Any, path: pathlib.Path) -> dict[str, Any]:
+    """`state`, as torch.load read it from `path`, as a checkpoint of this version (format 1 converted);
+    ValueError when it is no checkpoint of `train`."""
     if isinstance(state, dict) and state.get("format") == 1:
         state = _from_format_1(state)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path.absolute()} is not a checkpoint written by this version of `train`.")
+        raise ValueError(f"{pathlib.Path(path).absolute()} is not a checkpoint written by this version of `train`.")
     return state
 
 

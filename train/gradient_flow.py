@@ -85,10 +85,11 @@ def figure(order: str, path, pretrained_dir=None, data_dir=None) -> dict:
     (train/pretrained/mnist-{order}-{cell}.pt) where there are some. Returns the numbers drawn."""
     import pathlib
 
-    from .config import Config, resolve
+    from .config import resolve
     from .data import load_mnist, mnist_sequences
     from .models import build_model
     from .plots import _pyplot, plot_gradient_flow
+    from .trained import load_trained
 
     pretrained_dir = pathlib.Path(pretrained_dir or pathlib.Path(__file__).parent / "pretrained")
     images, labels = load_mnist(data_dir, "train")
@@ -100,13 +101,10 @@ def figure(order: str, path, pretrained_dir=None, data_dir=None) -> dict:
         flow = {"start": hidden_state_gradients(model, x, labels[:BATCH], config).tolist()}
         shipped = pretrained_dir / f"mnist-{order}-{name}.pt"
         if shipped.is_file():
-            import torch
-
-            state = torch.load(shipped, map_location="cpu", weights_only=True)
-            trained = Config(**state["config"])
+            trained, weights, _ = load_trained(shipped)
             x = mnist_sequences(images[:BATCH], order, permutation_seed=trained.seed)
             model = build_model(trained, x.shape[-1], x.shape[1])
-            model.load_state_dict(state["model"])
+            model.load_state_dict(weights)
             flow["end"] = hidden_state_gradients(model, x, labels[:BATCH], trained).tolist()
         flows[f"{name.upper()} ({config.nonlinearity})" if name == "rnn" else name.upper()] = flow
     plt = _pyplot()

@@ -45,8 +45,12 @@ def load_trained(path: pathlib.Path) -> tuple[Config, dict[str, torch.Tensor], d
         raise FileNotFoundError(f"no such file: {path} (give a file in train/pretrained/, a run's checkpoint.pt, "
                                 f"or the run's --out folder)")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") not in (FORMAT, ckpt.FORMAT, 1):
-        raise ValueError(f"{path} is neither a shipped weights file ({FORMAT}) nor a checkpoint of `python -m train`")
+    if not (isinstance(state, dict) and state.get("format") == FORMAT):
+        try:
+            state = ckpt.checked(state, path)
+        except ValueError:
+            raise ValueError(f"{path} is neither a shipped weights file ({FORMAT}) nor a checkpoint of "
+                             f"`python -m train`") from None
     config = Config(**{k: v for k, v in state["config"].items() if k in FIELDS})
     info = {k: v for k, v in state.items() if k not in ("model", "optimizer", "generator", "rng")}
     epochs = state.get("history", {}).get("epochs") or [{}]
