@@ -64,29 +64,12 @@ class GRUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight_ih, bias_ih, h0, weight_hh, bias_hh, batch_sizes, reverse, for_backward=True):
         layout = Layout(batch_sizes, reverse)
-        N, H = layout.N, h0.shape[1]
-        x_proj = input_projection(x, weight_ih, bias_ih)  # (N, 3H)
         ctx.layout, ctx.for_backward = layout, for_backward
-        sequence = whole_sequence(layout, x_proj)
-        # Without a backward to follow nothing is saved: the sequence kernel keeps each step's r, z, n
-        # and hh to itself, and h's history can be a buffer of the caller's own and the output a view of it.
-        own_output = sequence and not for_backward
-        h_buf, out, outs, h_init = layout.history(h0, x_proj, pooled=not own_output)  # (N + B, H)
-        hh = rz = n = h_prevs = None
-        if not own_output:
-            hh = workspace.empty(x_proj, N, 3 * H)  # (N, 3H): h_prev W_hhᵀ + b_hh
-            rz = workspace.empty(x_proj, N, 2 * H)  # (N, 2H): r | z
-            n = workspace.empty(x_proj, N, H)  # (N, H)
-        if sequence:
-            bias = bias_hh.contiguous() if bias_hh is not None else None
-            cpu_kernels.gru_forward_sequence(x_proj, bias, hh, rz, n, h_buf, weight_hh.contiguous(), layout.B, reverse)
-        else:
-            h_prevs = _forward_steps(layout, x_proj, hh, rz, n, weight_hh, bias_hh, outs, h_init)
-
+        outputs, saved = gru_forward(layout, x, weight_ih, bias_ih, h0, weight_hh, bias_hh, for_backward)
         if for_backward:
             ctx.save_for_backward(x, weight_ih, bias_ih, h0, weight_hh, bias_hh,
-                                  rz, n, hh, layout.stacked_previous(h_buf, h_prevs))
-        return out if own_output else out.clone(), layout.final(outs, h_init)  # (N, H), (B, H)
+                                  *(saved[name] for name in SAVED[len(INPUTS["GRU"]):]))
+        return outputs  # out (N, H), h_n (B, H)
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
@@ -96,28 +79,66 @@ class GRUFunction(torch.autograd.Function):
         saved = dict(zip(SAVED, ctx.saved_tensors))
         if needs_autograd(d_out, d_hn):
             return backward_by_autograd(ctx, "GRU", saved, (d_out, d_hn)) + (None,) * 3
-        x, weight_ih, weight_hh = saved["x"], saved["weight_ih"], saved["weight_hh"]
-        rz, n, hh, h_prev = saved["rz"], saved["n"], saved["hh"], saved["h_prev"]
-        layout = ctx.layout
-        N, H = layout.N, n.shape[1]
-        d_hh = workspace.empty(rz, N, 3 * H)  # (N, 3H): d hh = [dr_pre | dz_pre | dn_pre ⊙ r]
-        d_xn = workspace.empty(rz, N, H)  # (N, H): dn_pre
-        dh = grad_buffer(d_hn, (layout.B, H), rz)  # (B, H): running ∂L/∂h
-        d_out = d_out.contiguous() if d_out is not None else rz.new_zeros(N, H)
-        if whole_sequence(layout, rz):
-            cpu_kernels.gru_backward_sequence(d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh.contiguous(),
-                                              layout.B, layout.reverse)
-        else:
-            _backward_steps(layout, d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh)
-
         need = dict(zip(INPUTS["GRU"], ctx.needs_input_grad))
-        d_x, d_w_ih, d_b_ih = (None, None, None)
-        if need["x"] or need["weight_ih"] or need["bias_ih"]:
-            d_proj = torch.cat((d_hh[:, : 2 * H], d_xn), 1)  # (N, 3H): d x_proj = [dr_pre | dz_pre | dn_pre]
-            d_x, d_w_ih, d_b_ih = input_grads(ctx.needs_input_grad, d_proj, x, weight_ih, (need["bias_ih"],))
-        d_w_hh = mm(d_hh.t(), h_prev) if need["weight_hh"] else None  # dW_hh = d HHᵀ H_prev  (3H, H)
-        d_b_hh = d_hh.sum(0) if need["bias_hh"] else None  # db_hh = Σ d HH  (3H,)
-        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None, None
+        return gru_backward(ctx.layout, saved, (d_out, d_hn), need) + (None,) * 3
+
+
+def gru_forward(layout, x, weight_ih, bias_ih, h0, weight_hh, bias_hh, for_backward):
+    """GRUFunction's forward without autograd: ((out (N, H), h_n (B, H)), saved).
+
+    saved: what the backward reads by name (`gru_backward`): "rz", "n", "hh", "h_prev", and "history",
+    the buffer h_prev is a view of (h0 and every step's h); None when not for_backward.
+    """
+    N, H = layout.N, h0.shape[1]
+    x_proj = input_projection(x, weight_ih, bias_ih)  # (N, 3H)
+    sequence = whole_sequence(layout, x_proj)
+    # Without a backward to follow nothing is saved: the sequence kernel keeps each step's r, z, n
+    # and hh to itself, and h's history can be a buffer of the caller's own and the output a view of it.
+    own_output = sequence and not for_backward
+    h_buf, out, outs, h_init = layout.history(h0, x_proj, pooled=not own_output)  # (N + B, H)
+    hh = rz = n = h_prevs = None
+    if not own_output:
+        hh = workspace.empty(x_proj, N, 3 * H)  # (N, 3H): h_prev W_hhᵀ + b_hh
+        rz = workspace.empty(x_proj, N, 2 * H)  # (N, 2H): r | z
+        n = workspace.empty(x_proj, N, H)  # (N, H)
+    if sequence:
+        bias = bias_hh.contiguous() if bias_hh is not None else None
+        cpu_kernels.gru_forward_sequence(x_proj, bias, hh, rz, n, h_buf, weight_hh.contiguous(), layout.B,
+                                         layout.reverse)
+    else:
+        h_prevs = _forward_steps(layout, x_proj, hh, rz, n, weight_hh, bias_hh, outs, h_init)
+    saved = None
+    if for_backward:
+        saved = dict(rz=rz, n=n, hh=hh, h_prev=layout.stacked_previous(h_buf, h_prevs), history=h_buf)
+    return (out if own_output else out.clone(), layout.final(outs, h_init)), saved
+
+
+def gru_backward(layout, saved, grads, need):
+    """GRUFunction's hand-derived backward: the gradients of INPUTS["GRU"], in order (None where
+    `need`, a dict by those names, says no). saved: the inputs and what `gru_forward` saved, by name;
+    grads: (d_out, d_hn), either None."""
+    d_out, d_hn = grads
+    x, weight_ih, weight_hh = saved["x"], saved["weight_ih"], saved["weight_hh"]
+    rz, n, hh, h_prev = saved["rz"], saved["n"], saved["hh"], saved["h_prev"]
+    N, H = layout.N, n.shape[1]
+    d_hh = workspace.empty(rz, N, 3 * H)  # (N, 3H): d hh = [dr_pre | dz_pre | dn_pre ⊙ r]
+    d_xn = workspace.empty(rz, N, H)  # (N, H): dn_pre
+    dh = grad_buffer(d_hn, (layout.B, H), rz)  # (B, H): running ∂L/∂h
+    d_out = d_out.contiguous() if d_out is not None else rz.new_zeros(N, H)
+    if whole_sequence(layout, rz):
+        cpu_kernels.gru_backward_sequence(d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh.contiguous(),
+                                          layout.B, layout.reverse)
+    else:
+        _backward_steps(layout, d_out, dh, rz, n, hh, h_prev, d_hh, d_xn, weight_hh)
+
+    d_x, d_w_ih, d_b_ih = (None, None, None)
+    if need["x"] or need["weight_ih"] or need["bias_ih"]:
+        d_proj = torch.cat((d_hh[:, : 2 * H], d_xn), 1)  # (N, 3H): d x_proj = [dr_pre | dz_pre | dn_pre]
+        needs = tuple(need[name] for name in INPUTS["GRU"])
+        d_x, d_w_ih, d_b_ih = input_grads(needs, d_proj, x, weight_ih, (need["bias_ih"],))
+    d_w_hh = mm(d_hh.t(), h_prev) if need["weight_hh"] else None  # dW_hh = d HHᵀ H_prev  (3H, H)
+    d_b_hh = d_hh.sum(0) if need["bias_hh"] else None  # db_hh = Σ d HH  (3H,)
+    return d_x, d_w_ih, d_b_ih, dh if need["h0"] else None, d_w_hh, d_b_hh
 
 
 def _forward_steps(layout, x_proj, hh, rz, n, weight_hh, bias_hh, outs, h_init):

@@ -29,6 +29,8 @@ from cells._checks import (ShapeError, autocast_enabled, check_bool, check_dtype
                            shape_str)
 from cells.rnn import check_nonlinearity
 
+from . import custom_ops
+from .custom_ops import compiled_direction
 from .fused import fused_direction, fused_supported
 from .kinds import BY_MODE, IMPLS
 from .unroll import readable_direction
@@ -42,6 +44,11 @@ def _compiling():
     return False
 
 
+def _exporting():
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and hasattr(compiler, "is_exporting") and compiler.is_exporting()
+
+
 def _functorch_active():
     level = getattr(torch._C._functorch, "maybe_current_level", None)
     return level is not None and level() is not None
@@ -51,28 +58,37 @@ def readable_reason(device):
     """Why this call must take the readable path whatever `impl` says, or None when the fast path may run.
 
     The fast path's Functions run kernels on raw memory with a hand-written backward: they have no
-    forward-mode or vmap rule, cannot be traced or compiled, and compute in one dtype. The readable
-    path is plain differentiable torch ops, which every one of these features understands, and gives
-    the same numbers (the tests prove both equal to torch.nn).
+    forward-mode or vmap rule, cannot be traced, and compute in one dtype. The readable path is plain
+    differentiable torch ops, which every one of these features understands, and gives the same
+    numbers (the tests prove both equal to torch.nn). Under torch.compile the fast path runs as custom
+    operators where they apply (`select_direction`); torch.export keeps the readable path, so that an
+    exported program holds torch's operators only.
     """
     if torch.jit.is_tracing():
         return "torch.jit.trace"
-    if _compiling():
-        return "torch.compile"
     if autocast_enabled(device.type):
         return "autocast"  # the readable step's matmuls follow autocast like torch.nn's
     if torch.autograd.forward_ad._current_level >= 0:
         return "forward-mode AD"
     if _functorch_active():
         return "torch.func"
+    if _exporting():
+        return "torch.export"
+    if _compiling():
+        return "torch.compile"
     return None
 
 
-def select_direction(impl, device):
-    """The function that runs one direction of one layer for `impl` on `device`, in the current context."""
-    if impl == "readable" or readable_reason(device) is not None or (impl == "auto" and not fused_supported(device)):
+def select_direction(impl, x, packed, weight_hr):
+    """The function that runs one direction of one layer for `impl` on input x, in the current context:
+    `readable_direction`, `fused_direction`, or under torch.compile `compiled_direction` (the fast
+    path as custom operators) for a plain batch on the CPU without a projection."""
+    reason = readable_reason(x.device)
+    if impl == "readable" or (impl == "auto" and not fused_supported(x.device)):
         return readable_direction
-    return fused_direction
+    if reason == "torch.compile" and custom_ops.usable(x, weight_hr, packed):
+        return compiled_direction
+    return readable_direction if reason is not None else fused_direction
 
 
 class RNNBase(nn.Module):
@@ -206,7 +222,7 @@ class RNNBase(nn.Module):
             if steps == 0:
                 raise ShapeError(f"Expected sequence length to be larger than 0 in RNN: {self.mode}'s input must have "
                                  f"at least one time step, got shape {shape_str(input)}")
-            batch_sizes = [batch] * steps
+            batch_sizes = None  # every step the whole batch: [batch] * steps, made below where needed
             sorted_indices = unsorted_indices = None
             x = x.reshape(steps * batch, x.shape[2])  # (T·B, I), time-major
         if x.shape[-1] != self.input_size:
@@ -215,19 +231,24 @@ class RNNBase(nn.Module):
                              f"{x.shape[-1]} (input shape {shape_str(given)})")
 
         states = self._initial_states(hx, batch, batched, x, sorted_indices)
+        steps = len(batch_sizes) if batch_sizes is not None else steps
+        run_direction = select_direction(self.impl, x, batch_sizes is not None, self.weight_hr_l0 if self.proj_size else None)
+        if batch_sizes is None and run_direction is not compiled_direction:
+            # The compiled operators take T from x's shape, so that a new length is no new graph.
+            batch_sizes = [batch] * steps
         if torch.jit.is_tracing():
             warnings.warn(f"{type(self).__name__} under torch.jit.trace: the trace records the readable step "
-                          f"unrolled over this input's {len(batch_sizes)} time steps, so the traced module "
+                          f"unrolled over this input's {steps} time steps, so the traced module "
                           f"accepts inputs with this sequence length (and these packed batch sizes) only. "
                           f"For other lengths call the module itself or use torch.compile; torch.jit.script is "
                           f"not supported (the time loop is Python).", torch.jit.TracerWarning, stacklevel=2)
-        output, finals = self._run_layers(x, batch_sizes, states)
+        output, finals = self._run_layers(run_direction, x, batch_sizes, states)
 
         finals = tuple(s if unsorted_indices is None else s.index_select(1, unsorted_indices) for s in finals)
         if isinstance(input, PackedSequence):
             output = PackedSequence(output, input.batch_sizes, sorted_indices, unsorted_indices)
         else:
-            output = output.view(len(batch_sizes), batch, output.shape[-1])  # (T, B, D·P)
+            output = output.view(steps, batch, output.shape[-1])  # (T, B, D·P)
             if not batched:
                 output, finals = output.squeeze(1), tuple(s.squeeze(1) for s in finals)
             elif self.batch_first:
@@ -279,9 +300,8 @@ class RNNBase(nn.Module):
             states.append(as_batched if sorted_indices is None else as_batched.index_select(1, sorted_indices))
         return states
 
-    def _run_layers(self, x, batch_sizes, states):
+    def _run_layers(self, run_direction, x, batch_sizes, states):
         directions = 2 if self.bidirectional else 1
-        run_direction = select_direction(self.impl, x.device)
         finals = [[] for _ in states]
         for layer in range(self.num_layers):
             outputs = []
@@ -298,7 +318,7 @@ class RNNBase(nn.Module):
                 x = F.dropout(x, self.dropout, training=True)
         # (L·D, B, ·) each. The fast path's final states are tensors of their own, so a single one
         # needs no copy; the readable unroll's are views of its outputs, which stack copies apart.
-        if len(finals[0]) == 1 and run_direction is fused_direction:
+        if len(finals[0]) == 1 and run_direction is not readable_direction:
             return x, tuple(f[0].unsqueeze(0) for f in finals)
         return x, tuple(torch.stack(f) for f in finals)
 

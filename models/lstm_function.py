@@ -84,38 +84,13 @@ class LSTMFunction(torch.autograd.Function):
     def forward(ctx, x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr, batch_sizes, reverse,
                 for_backward=True):
         layout = Layout(batch_sizes, reverse)
-        H = c0.shape[1]
         ctx.layout, ctx.for_backward = layout, for_backward
-        if weight_hr is None and not for_backward and whole_sequence(layout, x):
-            return _forward_without_backward(layout, x, weight_ih, bias_ih, bias_hh, h0, c0, weight_hh)
-        # z without its recurrent part for all steps, in one matmul; each step of the per-step route
-        # adds h_prev W_hhᵀ in place and turns z into the activations i | f | g | o in place. The
-        # sequence kernel only reads x_proj (it adds h_prev W_hhᵀ and b_ih + b_hh in a z of its own)
-        # and writes f into its f column; for a narrow input it computes x W_ihᵀ too, a step at a
-        # time (`steps_project_input`; without a backward, for a wide one too): then acts holds only f.
-        sequence = weight_hr is None and whole_sequence(layout, x)
-        project = sequence and steps_project_input(x, layout.B, for_backward)
-        if not sequence:
-            acts = input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
-        elif project:
-            acts = workspace.empty(x, layout.N, 4 * H)  # (N, 4H): only f is written, for the backward
-        else:
-            acts = input_projection(x, weight_ih)  # (N, 4H)
-        k = workspace.empty(acts, layout.N, 5 * H) if for_backward else None  # (N, 5H): k_i|k_f|k_g|k_o|k_c
-        h_prevs = m_buf = None
-        if sequence:
-            inputs = (x, weight_ih) if project else (None, None)
-            h_buf, out, h_n, c_n = _forward_sequence(layout, acts, k, bias_ih, bias_hh, h0, c0, weight_hh, *inputs)
-        else:
-            h_buf, out, outs, h_init = layout.history(h0, x)  # (N + B, P)
-            c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
-            h_prevs, m_buf = _forward_steps(layout, acts, k, weight_hh, weight_hr, (outs, h_init), (c_outs, c_init))
-            out, h_n, c_n = out.clone(), layout.final(outs, h_init), layout.final(c_outs, c_init)
-
+        outputs, saved = lstm_forward(layout, x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr,
+                                      for_backward)
         if for_backward:
             ctx.save_for_backward(x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr,
-                                  k, acts, layout.stacked_previous(h_buf, h_prevs), m_buf)
-        return out, h_n, c_n  # (N, P), (B, P), (B, H)
+                                  *(saved[name] for name in SAVED[len(INPUTS["LSTM"]):]))
+        return outputs  # out (N, P), h_n (B, P), c_n (B, H)
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
@@ -125,29 +100,77 @@ class LSTMFunction(torch.autograd.Function):
         saved = dict(zip(SAVED, ctx.saved_tensors))
         if needs_autograd(d_out, d_hn, d_cn):
             return backward_by_autograd(ctx, "LSTM", saved, (d_out, d_hn, d_cn)) + (None,) * 3
-        x, weight_ih, weight_hh, weight_hr = saved["x"], saved["weight_ih"], saved["weight_hh"], saved["weight_hr"]
-        k, acts, h_prev, m_buf = saved["k"], saved["acts"], saved["h_prev"], saved["m_buf"]
-        layout = ctx.layout
-        N, H, P = layout.N, k.shape[1] // 5, h_prev.shape[1]
-        dz = workspace.empty(k, N, 4 * H)  # (N, 4H): dz = d x_proj
-        dh = grad_buffer(d_hn, (layout.B, P), k)  # (B, P): running ∂L/∂h
-        dc = grad_buffer(d_cn, (layout.B, H), k)  # (B, H): running ∂L/∂c
-        d_out = d_out.contiguous() if d_out is not None else k.new_zeros(N, P)
         need = dict(zip(INPUTS["LSTM"], ctx.needs_input_grad))
-        dh_total = d_x = d_b = None
-        if weight_hr is None and whole_sequence(layout, k):  # the loop can give dx and db as it goes
-            d_x, d_b = cpu_kernels.lstm_backward_sequence(
-                d_out, dh, dc, k, acts, dz, weight_hh.contiguous(), layout.B, layout.reverse,
-                weight_ih if need["x"] else None, need["bias_ih"] or need["bias_hh"])
-        else:
-            dh_total = _backward_steps(layout, d_out, dh, dc, k, acts, dz, weight_hh, weight_hr)
+        return lstm_backward(ctx.layout, saved, (d_out, d_hn, d_cn), need) + (None,) * 3
 
-        d_x, d_w_ih, d_b_ih, d_b_hh = input_grads(ctx.needs_input_grad, dz, x, weight_ih,
-                                                  (need["bias_ih"], need["bias_hh"]), d_x, d_b)
-        d_w_hh = mm(dz.t(), h_prev) if need["weight_hh"] else None  # dW_hh = dZᵀ H_prev  (4H, P)
-        d_w_hr = (mm(dh_total.t(), m_buf)  # dW_hr = DHᵀ M  (P, H)
-                  if weight_hr is not None and need["weight_hr"] else None)
-        return d_x, d_w_ih, d_b_ih, dh, dc, d_w_hh, d_b_hh, d_w_hr, None, None, None
+
+def lstm_forward(layout, x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, weight_hr, for_backward):
+    """LSTMFunction's forward without autograd: ((out (N, P), h_n (B, P), c_n (B, H)), saved).
+
+    saved: what the backward reads by name (`lstm_backward`): "k", "acts", "h_prev", "m_buf", and
+    "history", the buffer h_prev is a view of (h0 and every step's h), and "f_only": whether acts holds
+    only f (the backward reads nothing else), the rest unwritten; None when not for_backward.
+    """
+    H = c0.shape[1]
+    if weight_hr is None and not for_backward and whole_sequence(layout, x):
+        return _forward_without_backward(layout, x, weight_ih, bias_ih, bias_hh, h0, c0, weight_hh), None
+    # z without its recurrent part for all steps, in one matmul; each step of the per-step route
+    # adds h_prev W_hhᵀ in place and turns z into the activations i | f | g | o in place. The
+    # sequence kernel only reads x_proj (it adds h_prev W_hhᵀ and b_ih + b_hh in a z of its own)
+    # and writes f into its f column; for a narrow input it computes x W_ihᵀ too, a step at a
+    # time (`steps_project_input`; without a backward, for a wide one too): then acts holds only f.
+    sequence = weight_hr is None and whole_sequence(layout, x)
+    project = sequence and steps_project_input(x, layout.B, for_backward)
+    if not sequence:
+        acts = input_projection(x, weight_ih, bias_ih, bias_hh)  # (N, 4H)
+    elif project:
+        acts = workspace.empty(x, layout.N, 4 * H)  # (N, 4H): only f is written, for the backward
+    else:
+        acts = input_projection(x, weight_ih)  # (N, 4H)
+    k = workspace.empty(acts, layout.N, 5 * H) if for_backward else None  # (N, 5H): k_i|k_f|k_g|k_o|k_c
+    h_prevs = m_buf = None
+    if sequence:
+        inputs = (x, weight_ih) if project else (None, None)
+        h_buf, out, h_n, c_n = _forward_sequence(layout, acts, k, bias_ih, bias_hh, h0, c0, weight_hh, *inputs)
+    else:
+        h_buf, out, outs, h_init = layout.history(h0, x)  # (N + B, P)
+        c_buf, _, c_outs, c_init = layout.history(c0, x)  # (N + B, H)
+        h_prevs, m_buf = _forward_steps(layout, acts, k, weight_hh, weight_hr, (outs, h_init), (c_outs, c_init))
+        out, h_n, c_n = out.clone(), layout.final(outs, h_init), layout.final(c_outs, c_init)
+    saved = None
+    if for_backward:
+        saved = dict(k=k, acts=acts, h_prev=layout.stacked_previous(h_buf, h_prevs), m_buf=m_buf, history=h_buf,
+                     f_only=project)
+    return (out, h_n, c_n), saved
+
+
+def lstm_backward(layout, saved, grads, need):
+    """LSTMFunction's hand-derived backward: the gradients of INPUTS["LSTM"], in order (None where
+    `need`, a dict by those names, says no). saved: the inputs and what `lstm_forward` saved, by name;
+    grads: (d_out, d_hn, d_cn), any of them None."""
+    d_out, d_hn, d_cn = grads
+    x, weight_ih, weight_hh, weight_hr = saved["x"], saved["weight_ih"], saved["weight_hh"], saved["weight_hr"]
+    k, acts, h_prev, m_buf = saved["k"], saved["acts"], saved["h_prev"], saved["m_buf"]
+    N, H, P = layout.N, k.shape[1] // 5, h_prev.shape[1]
+    dz = workspace.empty(k, N, 4 * H)  # (N, 4H): dz = d x_proj
+    dh = grad_buffer(d_hn, (layout.B, P), k)  # (B, P): running ∂L/∂h
+    dc = grad_buffer(d_cn, (layout.B, H), k)  # (B, H): running ∂L/∂c
+    d_out = d_out.contiguous() if d_out is not None else k.new_zeros(N, P)
+    dh_total = d_x = d_b = None
+    if weight_hr is None and whole_sequence(layout, k):  # the loop can give dx and db as it goes
+        d_x, d_b = cpu_kernels.lstm_backward_sequence(
+            d_out, dh, dc, k, acts, dz, weight_hh.contiguous(), layout.B, layout.reverse,
+            weight_ih if need["x"] else None, need["bias_ih"] or need["bias_hh"])
+    else:
+        dh_total = _backward_steps(layout, d_out, dh, dc, k, acts, dz, weight_hh, weight_hr)
+
+    needs = tuple(need[name] for name in INPUTS["LSTM"])
+    d_x, d_w_ih, d_b_ih, d_b_hh = input_grads(needs, dz, x, weight_ih, (need["bias_ih"], need["bias_hh"]), d_x, d_b)
+    d_w_hh = mm(dz.t(), h_prev) if need["weight_hh"] else None  # dW_hh = dZᵀ H_prev  (4H, P)
+    d_w_hr = (mm(dh_total.t(), m_buf)  # dW_hr = DHᵀ M  (P, H)
+              if weight_hr is not None and need["weight_hr"] else None)
+    return (d_x if need["x"] else None, d_w_ih, d_b_ih, dh if need["h0"] else None, dc if need["c0"] else None,
+            d_w_hh, d_b_hh, d_w_hr)
 
 
 # The forward without a backward runs chunks of about this many bytes of z (`_forward_without_backward`).

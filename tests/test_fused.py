@@ -81,8 +81,9 @@ def test_fused_float32_at_torch_defaults(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_default_impl_is_fused_on_cpu_and_readable_stays_selectable(kind):
-    assert select_direction("auto", torch.device("cpu")) is fused.fused_direction
-    assert select_direction("readable", torch.device("cpu")) is readable_direction
+    x = torch.zeros(2, 3)
+    assert select_direction("auto", x, False, None) is fused.fused_direction
+    assert select_direction("readable", x, False, None) is readable_direction
     assert fused.fused_supported("cpu") and not fused.fused_supported("meta")
     ours, ref = layer_pair(kind, 3, 4, impl="auto", bidirectional=True)
     assert_same(ours, ref, *layer_inputs(kind, ours, 4, 3, [4, 2, 3]), **TIGHT)
