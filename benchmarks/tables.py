@@ -100,6 +100,31 @@ def speed_onnxruntime() -> str:
             f"median (min–max) of {runs} runs. {sources}.\n")
 
 
+def speed_compiled() -> str:
+    """Our layers under torch.compile: compile times and the steady training step against eager."""
+    name = "cpu_compile"
+    if not (RESULTS / f"{name}.json").is_file():
+        return "Not measured yet: `python -m benchmarks.compiled` writes it.\n"
+    rows = json.loads((RESULTS / f"{name}.json").read_text())
+    header = {}
+    for line in (RESULTS / f"{name}.md").read_text().splitlines():
+        match = re.match(r"- (device|command|date): (.*)", line)
+        if match:
+            header[match[1]] = match[2]
+    spread = lambda r, key, fmt: f"{fmt.format(r[key])} ({fmt.format(r[key + '_min'])}–{fmt.format(r[key + '_max'])})"  # noqa: E731
+    lines = ["| cell | first call | new length | compiled / eager step | torch.nn: first call | torch.nn compiled / ours compiled |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['cell'].upper()} | {spread(r, 'first_call_s', '{:.1f}')} s | "
+                     f"{spread(r, 'new_length_s', '{:.1f}')} s | {spread(r, 'compiled_over_eager', '{:.2f}')} | "
+                     f"{r['torch_first_call_s']:.1f} s | {r['torch_compiled_ms'] / r['ours_compiled_ms']:.2f} |")
+    shape = tuple(rows[0][key] for key in ("batch", "seq_len", "input_size", "hidden_size"))
+    return ("\n".join(lines) + f"\n\nA training step of one layer at {SHAPES.get(shape, shape)}, float32, "
+            f"`layer.compile()` with the default backend from an empty cache; median (min–max) of {rows[0]['runs']} "
+            f"runs, each a new process. {header['device']}; {header['date']}; "
+            f"[benchmarks/results/{name}.md]({{root}}benchmarks/results/{name}.md), from {header['command']}.\n")
+
+
 # -- training: benchmarks/results/train_defaults.json and train/pretrained/ ------------------------
 
 
@@ -172,6 +197,7 @@ TABLES = {
     "speed-2-threads": lambda: speed("cpu", spread=True),
     "speed-1-thread": lambda: speed("cpu_1thread", spread=True),
     "speed-onnxruntime": speed_onnxruntime,
+    "speed-compiled": speed_compiled,
     "training": training_defaults,
     "training-sequential": training_sequential,
     "training-presets": training_presets,

@@ -284,3 +284,44 @@ def test_onnxruntime_refused_where_it_cannot_run(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--impls", "torch,onnxruntime", *TINY])
     assert exit_.value.code == 2 and "--impls onnxruntime: onnxruntime is not installed" in capsys.readouterr().err
+
+
+# -- python -m benchmarks.compiled ---------------------------------------------------------------------
+
+
+def test_compiled_benchmark_measures_checks_and_reports(tmp_path):
+    """One cold measurement in this process (tiny shape), then the report and the docs table from it."""
+    from benchmarks import compiled, tables
+    torch._dynamo.reset()
+    shape = compiled.Shape(4, 3, 2, 8)
+    got = compiled.measure("gru", shape, threads=1, min_run_time=0.05)
+    assert set(compiled.KEYS) <= set(got)
+    assert got["recompiled_at_third_length"] is False
+    assert got["first_call_s"] > 0 and got["ours_compiled_ms"] > 0
+    row = compiled.summarize("gru", shape, [got, got])
+    assert row["first_call_s_min"] == row["first_call_s"] == row["first_call_s_max"]
+    info = {"detail": "a CPU", "date": "today", "command": "python -m benchmarks.compiled", "torch": "2",
+            "python": "3", "runs": 2}
+    text = compiled.markdown([row], info, shape)
+    assert "| gru |" in text and "A third length compiled nothing more." in text
+    (tmp_path / "cpu_compile.md").write_text(text)
+    (tmp_path / "cpu_compile.json").write_text(json.dumps([row]))
+    old = tables.RESULTS
+    try:
+        tables.RESULTS = tmp_path
+        table = tables.speed_compiled()
+    finally:
+        tables.RESULTS = old
+    assert "| GRU |" in table and "a CPU; today" in table
+
+
+def test_compiled_benchmark_refuses_a_differing_layer(monkeypatch):
+    from benchmarks import compiled
+
+    def differ(*args, **kwargs):
+        raise BenchmarkError("ours compiled gru differs from torch.nn.GRU")
+
+    monkeypatch.setattr(compiled, "check", differ)
+    torch._dynamo.reset()
+    with pytest.raises(BenchmarkError, match="differs"):
+        compiled.measure("rnn", compiled.Shape(2, 3, 2, 4), threads=1, min_run_time=0.05)
