@@ -669,10 +669,6 @@ const T* packed_rows(T* out, const T* A, int64_t lda, int64_t M, int64_t K, cons
 // A prefetch never changes a result, and `set_panel_prefetch(0)` turns them off to measure them.
 bool panel_prefetch = true;
 
-// At batch 1 a step's product reads W_hh's rows as they lie (`rowwise`) rather than packed panels,
-// which would have to be packed on every call. `set_batch1_rows(0)` packs them, to measure the two.
-bool batch1_rows = true;
-
 template <typename T>
 void matmul_columns(const Packed<T>& P, int g, int64_t j0, int64_t j1, int64_t M, const T* packed, T* C,
                     int64_t ldc, bool accumulate, const T* after = nullptr) {
@@ -901,7 +897,7 @@ void lstm_forward_sequence(T* acts, const T* x, const T* w_ih, int64_t I, const 
                            const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads, bool by_rows,
                            T* w_packed, bool w_packed_ready, bool c_two_rows, const T* h0, const T* c0, T* h_n,
                            T* c_n, T* out) {
-    const bool rowwise = B == 1 && batch1_rows;
+    const bool rowwise = B == 1;
     if (!INPUT) I = 0;
     // c_two_rows: c holds two states (2B, H), not a history: step t's in the rows the history would
     // give it, modulo 2B (no backward reads c: the forward needs only the last one, and k holds what
@@ -976,7 +972,7 @@ template <typename T>
 void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* acts, T* dz, const T* w_hh, int64_t T_,
                             int64_t B, int64_t H, bool reverse, int threads, bool by_rows, const T* w_ih, int64_t I,
                             T* d_x, T* d_b) {
-    const bool rowwise = B == 1 && batch1_rows;
+    const bool rowwise = B == 1;
     Packed<T> W(rowwise ? 0 : 1, 4 * H, H);  // W_hh for dz W_hh: one block, H columns
     Packed<T> W_in(d_x ? 1 : 0, 4 * H, I);  // W_ih for dz W_ih
     Buffer<T> partials(rowwise ? threads * H : 0);  // at batch 1: each thread's share of dz W_hh
@@ -1036,7 +1032,7 @@ void lstm_backward_sequence(const T* d_out, T* dh, T* dc, const T* k, const T* a
 template <typename T>
 void gru_forward_sequence(const T* x, const T* bias, T* hh, T* rz, T* n, T* h, const T* w_hh, int64_t T_, int64_t B,
                           int64_t H, bool reverse, int threads, bool by_rows) {
-    const bool rowwise = B == 1 && batch1_rows;
+    const bool rowwise = B == 1;
     Packed<T> W(rowwise ? 0 : 3, H, H);  // W_hh for h_prev W_hhᵀ
 #pragma omp parallel num_threads(threads)
     {
@@ -1083,7 +1079,7 @@ template <typename T>
 void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const T* hh, const T* h_prev, T* d_hh,
                            T* d_xn, const T* w_hh, int64_t T_, int64_t B, int64_t H, bool reverse, int threads,
                            bool by_rows) {
-    const bool rowwise = B == 1 && batch1_rows;
+    const bool rowwise = B == 1;
     Packed<T> W(rowwise ? 0 : 1, 3 * H, H);  // W_hh for dz W_hh: one block, H columns
     Buffer<T> partials(rowwise ? threads * H : 0);  // at batch 1: each thread's share of dz W_hh
 #pragma omp parallel num_threads(threads)
@@ -1117,7 +1113,7 @@ void gru_backward_sequence(const T* d_out, T* dh, const T* rz, const T* n, const
 template <typename T, bool BIAS>
 void rnn_forward_sequence(const T* x, const T* bias, T* h, const T* w_hh, int64_t T_, int64_t B, int64_t H,
                           bool reverse, bool relu, int threads, bool by_rows) {
-    const bool rowwise = B == 1 && batch1_rows;
+    const bool rowwise = B == 1;
     Packed<T> W(rowwise ? 0 : 1, H, H);  // W_hh for h_prev W_hhᵀ
 #pragma omp parallel num_threads(threads)
     {
@@ -1154,7 +1150,7 @@ void rnn_forward_sequence(const T* x, const T* bias, T* h, const T* w_hh, int64_
 template <typename T>
 void rnn_backward_sequence(const T* d_out, T* dh, const T* out, T* dz, const T* w_hh, int64_t T_, int64_t B, int64_t H,
                            bool reverse, bool relu, int threads, bool by_rows) {
-    const bool rowwise = B == 1 && batch1_rows;
+    const bool rowwise = B == 1;
     Packed<T> W(rowwise ? 0 : 1, H, H);  // W_hh for dz W_hh: one block, H columns
     Buffer<T> partials(rowwise ? threads * H : 0);  // at batch 1: each thread's share of dz W_hh
 #pragma omp parallel num_threads(threads)
@@ -1323,7 +1319,7 @@ void matmul(const T* A, int64_t lda, bool a_t, const T* B, int64_t ldb, bool b_t
                   static_cast<int>(threads));                                                               \
     }                                                                                                       \
     extern "C" int64_t lstm_packed_size_##suffix(int64_t B, int64_t H) {                                    \
-        return B == 1 && batch1_rows ? 0 : Packed<T>::size(4, H, H);                                          \
+        return B == 1 ? 0 : Packed<T>::size(4, H, H);                                                        \
     }                                                                                                       \
     extern "C" void lstm_forward_sequence_##suffix(T* acts, const T* x, const T* w_ih, int64_t I,            \
                                                    const T* bias, T* h, T* c, T* k, const T* w_hh, int64_t T_, \
@@ -1378,12 +1374,6 @@ void matmul(const T* A, int64_t lda, bool a_t, const T* B, int64_t ldb, bool b_t
     }
 
 extern "C" int64_t vector_bytes() { return kVectorBytes; }  // the width the matmul kernels compute in
-
-extern "C" int64_t set_batch1_rows(int64_t on) {  // returns the setting it replaces
-    const bool before = batch1_rows;
-    batch1_rows = on != 0;
-    return before;
-}
 
 extern "C" int64_t set_panel_prefetch(int64_t on) {  // returns the setting it replaces
     const bool before = panel_prefetch;

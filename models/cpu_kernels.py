@@ -143,7 +143,6 @@ def _library():
                 fn = getattr(lib, f"{name}_{suffix}")
                 fn.argtypes, fn.restype = argtypes, _RETURNS.get(name)
         lib.set_panel_prefetch.argtypes, lib.set_panel_prefetch.restype = [_N], _N  # one for both dtypes
-        lib.set_batch1_rows.argtypes, lib.set_batch1_rows.restype = [_N], _N
         lib.vector_bytes.argtypes, lib.vector_bytes.restype = [], _N
         return lib
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
@@ -352,13 +351,6 @@ def set_panel_prefetch(on):
     it gains: the results are the same either way. Returns the setting it replaces."""
     lib = _library()
     return bool(lib.set_panel_prefetch(bool(on))) if lib is not None else False
-
-
-def set_batch1_rows(on):
-    """Whether the sequence kernels' steps at batch 1 read W_hh's rows as they lie (on by default) or
-    packed panels, packed on every call. A switch for measuring the two: the results are the same."""
-    lib = _library()
-    return bool(lib.set_batch1_rows(bool(on))) if lib is not None else False
 
 
 def lstm_forward_sequence(acts, bias, h, c, k, weight_hh, batch, reverse, x=None, weight_ih=None, packed=None,
