@@ -121,7 +121,9 @@ def speed_compiled() -> str:
     shape = tuple(rows[0][key] for key in ("batch", "seq_len", "input_size", "hidden_size"))
     return ("\n".join(lines) + f"\n\nA training step of one layer at {SHAPES.get(shape, shape)}, float32, "
             f"`layer.compile()` with the default backend from an empty cache; median (min–max) of {rows[0]['runs']} "
-            f"runs, each a new process. {header['device']}; {header['date']}; "
+            f"runs, each a new process. torch.compile leaves torch.nn's recurrent layers to run eagerly (dynamo's "
+            f"`allow_rnn` is off by default): their first call compiles nothing and their compiled step is the eager one. "
+            f"{header['device']}; {header['date']}; "
             f"[benchmarks/results/{name}.md]({{root}}benchmarks/results/{name}.md), from {header['command']}.\n")
 
 
