@@ -171,6 +171,25 @@ def training_presets() -> str:
             "([benchmarks/results/train_presets.json]({root}benchmarks/results/train_presets.json)).\n")
 
 
+def _cell_name(cell: str, config: dict) -> str:
+    """LSTM, GRU, RNN (tanh) or IRNN (relu units, identity W_hh: Le, Jaitly & Hinton 2015)."""
+    if cell != "rnn":
+        return cell.upper()
+    if config.get("nonlinearity") == "relu" and config.get("init_hh") == "identity":
+        return "IRNN"
+    return f"RNN ({config.get('nonlinearity', 'tanh')})"
+
+
+def _recipe_extras(config: dict) -> str:
+    """What else of the recipe sets the cells apart: W_hh's initialisation, the LSTM's forget bias."""
+    extras = []
+    if config.get("init_hh", "torch") != "torch":
+        extras.append(f"{config['init_hh']} W_hh")
+    if config.get("forget_bias") is not None:
+        extras.append(f"forget bias {config['forget_bias']:g}")
+    return "".join(f", {e}" for e in extras)
+
+
 def training_sequential() -> str:
     """The shipped sequential-MNIST weights (train/pretrained/*.pt): what each records of its run."""
     lines = ["| task | cell | recipe | test accuracy | epochs | training time | command |",
@@ -180,8 +199,9 @@ def training_sequential() -> str:
         state = torch.load(path, map_location="cpu", weights_only=True)
         metrics = json.loads(state["metrics"])
         config = state["config"]
-        lines.append(f"| {state['task']} | {state['cell'].upper()} | {config['layers']}×{config['hidden']}, "
-                     f"{config['optimizer']} {config['lr']:g} {config['schedule']}, batch {config['batch_size']} | "
+        lines.append(f"| {state['task']} | {_cell_name(state['cell'], config)} | {config['layers']}×{config['hidden']}, "
+                     f"{config['optimizer']} {config['lr']:g} {config['schedule']}, batch {config['batch_size']}"
+                     f"{_recipe_extras(config)} | "
                      f"{100 * state['test_accuracy']:.2f} % | {len(metrics['epochs'])} | "
                      f"{metrics['wall_seconds_total'] / 3600:.1f} h | `{state['recipe']}` |")
     if not shipped:
