@@ -231,9 +231,10 @@ class RNNBase(nn.Module):
                              f"{x.shape[-1]} (input shape {shape_str(given)})")
 
         states = self._initial_states(hx, batch, batched, x, sorted_indices)
-        steps = len(batch_sizes) if batch_sizes is not None else steps
-        run_direction = select_direction(self.impl, x, batch_sizes is not None, self.weight_hr_l0 if self.proj_size else None)
-        if batch_sizes is None and run_direction is not compiled_direction:
+        packed = batch_sizes is not None
+        steps = len(batch_sizes) if packed else steps
+        run_direction = select_direction(self.impl, x, packed, self.weight_hr_l0 if self.proj_size else None)
+        if not packed and run_direction is not compiled_direction:
             # The compiled operators take T from x's shape, so that a new length is no new graph.
             batch_sizes = [batch] * steps
         if torch.jit.is_tracing():
