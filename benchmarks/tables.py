@@ -206,10 +206,14 @@ def training_sequential() -> str:
                      f"{metrics['wall_seconds_total'] / 3600:.1f} h | `{state['recipe']}` |")
     if not shipped:
         return "No sequential-MNIST weights are shipped yet.\n"
-    machines = sorted({json.loads(torch.load(p, map_location="cpu", weights_only=True)["metrics"]).get("machine", "")
-                       for p in shipped} - {""})
+    machines = []  # (what, where it trained) for each shipped file that says
+    for path in shipped:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        machine = json.loads(state["metrics"]).get("machine")
+        if machine:
+            machines.append(f"{state['task']} {_cell_name(state['cell'], state['config'])}: {machine}")
     return ("\n".join(lines) + "\n\nTraining time: the whole command, data loading and an evaluation after every "
-            "epoch included" + (f", on {'; '.join(machines)}" if machines else "") + ". Each file in "
+            "epoch included" + (f"; {'; '.join(machines)}" if machines else "") + ". Each file in "
             "[train/pretrained/]({root}train/pretrained) holds the weights, the configuration and the run's "
             "metrics (also beside it as FILE.metrics.json); `python -m train evaluate FILE` scores it again.\n")
 
