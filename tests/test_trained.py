@@ -84,13 +84,17 @@ def test_a_run_draws_its_gradient_flow(tmp_path):
 @pytest.mark.skipif(not PRETRAINED, reason="no shipped weights in train/pretrained/")
 @pytest.mark.parametrize("path", PRETRAINED, ids=[p.name for p in PRETRAINED])
 def test_shipped_weights_score_what_they_record_on_the_real_test_set(path):
-    """train/mnist/ ships MNIST's files: the whole test set, ours and torch.nn's layers."""
+    """train/mnist/ ships MNIST's files: the whole test set with our layers, and the first 1000 images
+    with ours and with torch.nn's (which runs 784 steps of a pixel model several times slower)."""
     recorded = torch.load(path, weights_only=True)["test_accuracy"]
-    for impl in ("ours", "torch"):
-        result = evaluate_trained(path, impl=impl, data_dir=str(ROOT / "train" / "mnist"))
-        assert result["images"] == 10_000
-        # Summation order differs between kernels and thread counts: a borderline digit may flip.
-        assert abs(result["test_accuracy"] - recorded) <= 2e-4, (impl, result["test_accuracy"], recorded)
+    data_dir = str(ROOT / "train" / "mnist")
+    result = evaluate_trained(path, impl="ours", data_dir=data_dir)
+    assert result["images"] == 10_000
+    # Summation order differs between kernels and thread counts: a borderline digit may flip.
+    assert abs(result["test_accuracy"] - recorded) <= 2e-4, (result["test_accuracy"], recorded)
+    part = {impl: evaluate_trained(path, impl=impl, data_dir=data_dir, test_limit=1000) for impl in ("ours", "torch")}
+    assert part["ours"]["images"] == part["torch"]["images"] == 1000
+    assert abs(part["ours"]["test_accuracy"] - part["torch"]["test_accuracy"]) <= 1e-3, part
 
 
 def test_sequential_mnist_presets_give_every_cell_one_budget():
