@@ -39,8 +39,9 @@ from .rnn_function import rnn_backward, rnn_forward
 
 def usable(x, weight_hr, packed):
     """Whether the layers may run a direction through the operators under torch.compile: a plain
-    (not packed) float32 or float64 batch x on the CPU, without a projection."""
-    return not packed and weight_hr is None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    (not packed), non-empty float32 or float64 batch x (T·B, I) on the CPU, without a projection."""
+    return (not packed and weight_hr is None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and x.shape[0] > 0)
 
 
 def compiled_direction(mode, x, weight_ih, bias_ih, batch_sizes, state, weight_hh, bias_hh, weight_hr, reverse,

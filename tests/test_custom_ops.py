@@ -190,6 +190,17 @@ def test_compiled_cases_without_operators_take_the_readable_path(case):
     assert graphs and not _operators_in(graphs)
 
 
+def test_compiled_empty_batch_takes_the_readable_path():
+    """Batch 0 (torch.nn accepts it): the operators take B from h0's rows, so they leave it alone."""
+    torch._dynamo.reset()
+    ours, ref = layer_pair("lstm", 3, 5)
+    graphs = []
+    ours.compile(backend=_recording(graphs))
+    x = torch.randn(4, 0, 3, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), ref(x), **TIGHT)
+    assert not _operators_in(graphs)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_export_keeps_torch_operators_only(kind):
     """An exported program runs without this package: no rnn_by_hand operator in it."""
