@@ -50,6 +50,7 @@ Where the pieces live:
     models/layout.py           the packed-sequence layout: where each step's rows lie
     models/workspace.py        the pool of large CPU buffers
     models/double_backward.py  second derivatives and vmap, through the readable step
+    models/custom_ops.py       the same forward and backward as torch.library operators, for torch.compile
 """
 import torch
 
