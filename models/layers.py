@@ -14,7 +14,8 @@ before the time loop; the loop does only the recurrent matmul and the gate math 
 the backward through time derived by hand; the gate math of a step is one compiled C++ kernel on
 the CPU, `models.cpu_kernels`, and one Triton kernel on CUDA when triton is installed), proven equal
 to "readable" and to torch.nn by the tests; "auto" (the default) takes the fastest correct path for
-the device: "fused" on CPU and CUDA, else "readable".
+the device: "fused" on CPU and CUDA, else "readable". Under torch.compile the fast path runs as custom
+operators (`models.custom_ops`), one forward and one backward per layer direction in the graph.
 """
 import numbers
 import warnings
