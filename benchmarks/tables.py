@@ -40,12 +40,17 @@ def _benchmark(name: str) -> tuple[dict, dict]:
     rows = json.loads((RESULTS / f"{name}.json").read_text())
     ratios = {(r["cell"], (r["batch"], r["seq_len"], r["input_size"], r["hidden_size"])): r
               for r in rows if r["impl"] == "ours"}
+    return ratios, _header(name)
+
+
+def _header(name: str) -> dict:
+    """The device, command and date lines of the report benchmarks/results/NAME.md."""
     header = {}
     for line in (RESULTS / f"{name}.md").read_text().splitlines():
         match = re.match(r"- (device|command|date): (.*)", line)
         if match:
             header[match[1]] = match[2]
-    return ratios, header
+    return header
 
 
 def _source(name: str, header: dict, runs: int) -> str:
@@ -106,11 +111,7 @@ def speed_compiled() -> str:
     if not (RESULTS / f"{name}.json").is_file():
         return "Not measured yet: `python -m benchmarks.compiled` writes it.\n"
     rows = json.loads((RESULTS / f"{name}.json").read_text())
-    header = {}
-    for line in (RESULTS / f"{name}.md").read_text().splitlines():
-        match = re.match(r"- (device|command|date): (.*)", line)
-        if match:
-            header[match[1]] = match[2]
+    header = _header(name)
     spread = lambda r, key, fmt: f"{fmt.format(r[key])} ({fmt.format(r[key + '_min'])}–{fmt.format(r[key + '_max'])})"  # noqa: E731
     lines = ["| cell | first call | new length | compiled / eager step | torch.nn: first call | torch.nn compiled / ours compiled |",
              "| --- | --- | --- | --- | --- | --- |"]
