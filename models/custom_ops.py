@@ -25,6 +25,7 @@ projection or autocast (`usable`); the layers otherwise keep their routes (`mode
 torch.export keeps the readable unroll, so that an exported program holds only torch's own
 operators and runs where this package is not installed (ONNX, AOTInductor).
 """
+from functools import partial
 from typing import Optional
 
 import torch
@@ -134,26 +135,6 @@ def _(d_out, d_hn, d_cn, x, weight_ih, h0, weight_hh, k, acts, history, reverse,
     return _fake_grads((x, weight_ih, bias, h0, h0, weight_hh, bias), needs)
 
 
-def _lstm_setup(ctx, inputs, output):
-    x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, reverse, for_backward = inputs
-    ctx.save_for_backward(x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, *output[3:])
-    ctx.reverse, ctx.for_backward = reverse, for_backward
-
-
-def _lstm_backward(ctx, d_out, d_hn, d_cn, *_):
-    x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, k, acts, history = ctx.saved_tensors
-    inputs = dict(zip(INPUTS["LSTM"], (x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh, None)))
-    needs = list(ctx.needs_input_grad[:7])
-    if torch.is_grad_enabled():  # create_graph=True: a backward that autograd can differentiate again
-        return _by_autograd(ctx, "LSTM", inputs, (d_out, d_hn, d_cn), needs, "tanh") + (None, None)
-    _check_saved(ctx, "LSTM")
-    grads = lstm_backward_op(d_out, d_hn, d_cn, x, weight_ih, h0, weight_hh, k, acts, history, ctx.reverse, needs)
-    return _optional(grads) + (None, None)
-
-
-torch.library.register_autograd("rnn_by_hand::lstm_forward", _lstm_backward, setup_context=_lstm_setup)
-
-
 # -- GRU ----------------------------------------------------------------------------------------
 
 @torch.library.custom_op("rnn_by_hand::gru_forward", mutates_args=())
@@ -197,26 +178,6 @@ def _(d_out, d_hn, x, weight_ih, h0, weight_hh, rz, n, hh, history, reverse, nee
     return _fake_grads((x, weight_ih, weight_ih[:, 0], h0, weight_hh, weight_hh[:, 0]), needs)
 
 
-def _gru_setup(ctx, inputs, output):
-    x, weight_ih, bias_ih, h0, weight_hh, bias_hh, reverse, for_backward = inputs
-    ctx.save_for_backward(x, weight_ih, bias_ih, h0, weight_hh, bias_hh, *output[2:])
-    ctx.reverse, ctx.for_backward = reverse, for_backward
-
-
-def _gru_backward(ctx, d_out, d_hn, *_):
-    x, weight_ih, bias_ih, h0, weight_hh, bias_hh, rz, n, hh, history = ctx.saved_tensors
-    inputs = dict(zip(INPUTS["GRU"], (x, weight_ih, bias_ih, h0, weight_hh, bias_hh)))
-    needs = list(ctx.needs_input_grad[:6])
-    if torch.is_grad_enabled():  # create_graph=True: a backward that autograd can differentiate again
-        return _by_autograd(ctx, "GRU", inputs, (d_out, d_hn), needs, "tanh") + (None, None)
-    _check_saved(ctx, "GRU")
-    grads = gru_backward_op(d_out, d_hn, x, weight_ih, h0, weight_hh, rz, n, hh, history, ctx.reverse, needs)
-    return _optional(grads) + (None, None)
-
-
-torch.library.register_autograd("rnn_by_hand::gru_forward", _gru_backward, setup_context=_gru_setup)
-
-
 # -- RNN ----------------------------------------------------------------------------------------
 
 @torch.library.custom_op("rnn_by_hand::rnn_forward", mutates_args=())
@@ -258,25 +219,48 @@ def _(d_out, d_hn, x, weight_ih, h0, weight_hh, history, reverse, relu, needs):
     return _fake_grads((x, weight_ih, weight_ih[:, 0], h0, weight_hh, weight_hh[:, 0]), needs)
 
 
-def _rnn_setup(ctx, inputs, output):
-    x, weight_ih, bias_ih, h0, weight_hh, bias_hh, reverse, relu, for_backward = inputs
-    ctx.save_for_backward(x, weight_ih, bias_ih, h0, weight_hh, bias_hh, output[2])
-    ctx.reverse, ctx.relu, ctx.for_backward = reverse, relu, for_backward
+# -- autograd: one setup and one backward for the three forward operators ------------------------
+#
+# A forward operator's arguments are its cell's tensors in INPUTS order (the LSTM's without
+# weight_hr), then `reverse`, the cell's options (the RNN's `relu`) and `for_backward`; its outputs are
+# the layer's (OUTPUTS[mode] of them), then what the backward operator reads, in the order it takes them.
+
+OUTPUTS = {"LSTM": 3, "GRU": 2, "RNN": 2}
 
 
-def _rnn_backward(ctx, d_out, d_hn, _):
-    x, weight_ih, bias_ih, h0, weight_hh, bias_hh, history = ctx.saved_tensors
-    inputs = dict(zip(INPUTS["RNN"], (x, weight_ih, bias_ih, h0, weight_hh, bias_hh)))
-    needs = list(ctx.needs_input_grad[:6])
-    nonlinearity = "relu" if ctx.relu else "tanh"
-    if torch.is_grad_enabled():  # create_graph=True: a backward that autograd can differentiate again
-        return _by_autograd(ctx, "RNN", inputs, (d_out, d_hn), needs, nonlinearity) + (None,) * 3
-    _check_saved(ctx, "RNN")
-    grads = rnn_backward_op(d_out, d_hn, x, weight_ih, h0, weight_hh, history, ctx.reverse, ctx.relu, needs)
-    return _optional(grads) + (None,) * 3
+def _tensor_names(mode):
+    return [name for name in INPUTS[mode] if name != "weight_hr"]
 
 
-torch.library.register_autograd("rnn_by_hand::rnn_forward", _rnn_backward, setup_context=_rnn_setup)
+def _setup(mode, ctx, inputs, output):
+    n = len(_tensor_names(mode))
+    ctx.save_for_backward(*inputs[:n], *output[OUTPUTS[mode]:])
+    ctx.reverse, ctx.options, ctx.for_backward = inputs[n], tuple(inputs[n + 1:-1]), inputs[-1]
+
+
+def _backward(mode, backward_op, ctx, *grads):
+    """The forward operator's backward: the backward operator, or, when autograd wants a backward it
+    can differentiate again (create_graph=True), the readable step's."""
+    names = _tensor_names(mode)
+    tensors, saved = ctx.saved_tensors[: len(names)], ctx.saved_tensors[len(names):]
+    inputs = dict(zip(names, tensors))
+    grads = grads[: OUTPUTS[mode]]  # the saved buffers' gradients are never used
+    needs = list(ctx.needs_input_grad[: len(names)])
+    not_tensors = (None,) * (len(ctx.needs_input_grad) - len(names))  # reverse, options, for_backward
+    if torch.is_grad_enabled():
+        nonlinearity = "relu" if ctx.options and ctx.options[0] else "tanh"  # the RNN's `relu`
+        return _by_autograd(ctx, mode, inputs, grads, needs, nonlinearity) + not_tensors
+    _check_saved(ctx, mode)
+    result = backward_op(*grads, inputs["x"], inputs["weight_ih"], inputs["h0"], inputs["weight_hh"], *saved,
+                         ctx.reverse, *ctx.options, needs)
+    return _optional(result) + not_tensors
+
+
+for _mode, _forward, _backward_op in (("LSTM", lstm_forward_op, lstm_backward_op),
+                                      ("GRU", gru_forward_op, gru_backward_op),
+                                      ("RNN", rnn_forward_op, rnn_backward_op)):
+    torch.library.register_autograd(_forward, partial(_backward, _mode, _backward_op),
+                                    setup_context=partial(_setup, _mode))
 
 
 # -- shared -------------------------------------------------------------------------------------
