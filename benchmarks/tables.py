@@ -112,7 +112,10 @@ def speed_compiled() -> str:
         return "Not measured yet: `python -m benchmarks.compiled` writes it.\n"
     rows = json.loads((RESULTS / f"{name}.json").read_text())
     header = _header(name)
-    spread = lambda r, key, fmt: f"{fmt.format(r[key])} ({fmt.format(r[key + '_min'])}–{fmt.format(r[key + '_max'])})"  # noqa: E731
+
+    def spread(r, key, fmt):
+        return f"{fmt.format(r[key])} ({fmt.format(r[key + '_min'])}–{fmt.format(r[key + '_max'])})"
+
     lines = ["| cell | first call | new length | compiled / eager step | torch.nn: first call | torch.nn compiled / ours compiled |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
